@@ -1,0 +1,121 @@
+"""``make bench``: measured speed ratios against what a user would otherwise pick.
+
+Each row runs both sides in one process on the same data, a warm-up first, and reports the
+median of several repeats. Benchmarks print numbers; they assert nothing.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data import TensorLoader, load_images, to_float
+from .runtime import device, seed_everything
+from .topics import topic
+
+
+def _median_time(fn, repeats: int = 3) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+
+
+def bench_loader(n: int | None = None, batch_size: int = 128, repeats: int = 3) -> dict:
+    """One MLP epoch over MNIST: :class:`TensorLoader` vs ``torch.utils.data.DataLoader``."""
+    seed_everything(0)
+    dev = device()
+    x, y = load_images("mnist", "train")
+    if n is not None:
+        x, y = x[:n], y[:n]
+    xf = to_float(x)
+    model = _mlp().to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+
+    def epoch(loader):
+        for xb, yb in loader:
+            xb, yb = xb.to(dev), yb.to(dev)
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    ours = TensorLoader(xf, y, batch_size=batch_size, device=dev)
+    theirs = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xf, y), batch_size=batch_size,
+                                         shuffle=True)
+    t_ours = _median_time(lambda: epoch(ours), repeats)
+    t_theirs = _median_time(lambda: epoch(theirs), repeats)
+    return {"name": f"MLP epoch on MNIST ({len(x):,} images, batch {batch_size})",
+            "ours": "TensorLoader", "ours_s": t_ours, "theirs": "DataLoader", "theirs_s": t_theirs,
+            "speedup": t_theirs / t_ours}
+
+
+def bench_fit(n: int = 20000, batch_size: int = 128, repeats: int = 3) -> dict:
+    """``common.train.fit`` vs a bare hand-written loop on the same model and batches."""
+    from .train import fit
+
+    seed_everything(0)
+    dev = device()
+    x, y = load_images("mnist", "train")
+    xf, y = to_float(x[:n]), y[:n]
+    model = _mlp().to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader = TensorLoader(xf, y, batch_size=batch_size, device=dev)
+
+    def bare():
+        model.train()
+        for xb, yb in loader:
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    def ours():
+        fit(model, loader, optimizer=opt, epochs=1, progress_bar=False)
+
+    t_bare, t_fit = [], []
+    bare(), ours()  # warm-up
+    for _ in range(repeats):  # interleave so drift hits both sides alike
+        t_bare.append(_median_time(bare, 1))
+        t_fit.append(_median_time(ours, 1))
+    tb, tf = statistics.median(t_bare), statistics.median(t_fit)
+    return {"name": f"one epoch, {n:,} MNIST images", "ours": "fit()", "ours_s": tf,
+            "theirs": "bare loop", "theirs_s": tb, "overhead_pct": 100 * (tf / tb - 1)}
+
+
+def run_all() -> list[dict]:
+    """Run every benchmark (topic rows too, when their modules exist) and print a table."""
+    rows = [bench_loader(), bench_fit()]
+    try:
+        cnn = topic("cnn")
+    except ValueError:
+        cnn = None
+    if cnn is not None and hasattr(cnn, "bench_conv"):
+        r = cnn.bench_conv(device=str(device()))
+        rows.append({"name": r.get("name", "conv2d forward+backward"), "ours": "unfold conv (cnn.py)",
+                     "ours_s": r["unfold_ms"] / 1000, "theirs": "F.conv2d", "theirs_s": r["conv2d_ms"] / 1000,
+                     "ratio": r["ratio"]})
+    print(f"\n{'benchmark':48s} {'ours':>22s} {'baseline':>22s}  result")
+    for r in rows:
+        if "speedup" in r:
+            result = f"{r['speedup']:.1f}x faster"
+        elif "overhead_pct" in r:
+            result = f"{r['overhead_pct']:+.1f}% overhead"
+        else:
+            result = f"{r['ratio']:.1f}x the time of {r['theirs']}"
+        print(f"{r['name'][:48]:48s} {r['ours'] + f' {r['ours_s'] * 1e3:.0f} ms':>22s} "
+              f"{r['theirs'] + f' {r['theirs_s'] * 1e3:.0f} ms':>22s}  {result}")
+    return rows

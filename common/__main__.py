@@ -80,7 +80,7 @@ def _cmd_list(args) -> int:
     from .topics import TOPICS, topic_dir
 
     results = load_results()
-    for folder, module, title, year in TOPICS:
+    for folder, module, title, _year in TOPICS:
         exists = (topic_dir(folder) / f"{module}.py").exists()
         runs = results.get(folder, {}).get("runs", {})
         status = ", ".join(f"{s}: {'holds' if r['claim_holds'] else 'does not hold'}" for s, r in runs.items())

@@ -116,6 +116,7 @@ def run_all() -> list[dict]:
             result = f"{r['overhead_pct']:+.1f}% overhead"
         else:
             result = f"{r['ratio']:.1f}x the time of {r['theirs']}"
-        print(f"{r['name'][:48]:48s} {r['ours'] + f' {r['ours_s'] * 1e3:.0f} ms':>22s} "
-              f"{r['theirs'] + f' {r['theirs_s'] * 1e3:.0f} ms':>22s}  {result}")
+        ours = f"{r['ours']} {r['ours_s'] * 1e3:.0f} ms"
+        theirs = f"{r['theirs']} {r['theirs_s'] * 1e3:.0f} ms"
+        print(f"{r['name'][:48]:48s} {ours:>22s} {theirs:>22s}  {result}")
     return rows

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import tomllib
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomllib
 
 from .runtime import REPO_ROOT
 from .topics import TOPICS

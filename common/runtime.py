@@ -121,7 +121,7 @@ class Timer:
         if self.sync_cuda and torch.cuda.is_available():
             torch.cuda.synchronize()
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self._sync()
         self._t0 = time.perf_counter()
         return self

@@ -1,0 +1,55 @@
+"""The command line (`python -m common ...`) gives clear errors for unknown topics and scales."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+from common.__main__ import main
+from common.notebooks import NotebookError, run_notebook
+
+
+def test_run_unknown_topic_lists_the_topics(capsys):
+    assert main(["run", "no-such-topic"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown topic" in err and "01-deep-neural-networks/01-dnn" in err and "05-image-generation/05-dall-e" in err
+
+
+def test_run_unknown_scale_lists_valid_ones(capsys):
+    assert main(["run", "01-dnn", "--scale", "huge"]) == 2
+    assert "smoke, cpu, gpu" in capsys.readouterr().err
+
+
+def test_failing_cell_exits_nonzero_and_shows_the_error(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("raise RuntimeError('boom in cell 2')")]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(NotebookError, match="boom in cell 2"):
+        run_notebook(path, scale="smoke")
+    assert nbformat.read(path, as_version=4).cells[0].outputs == []  # a failed run is not saved
+    with pytest.raises(ValueError, match="unknown scale"):
+        run_notebook(path, scale="big")
+
+
+def test_list_shows_existing_and_planned_topics(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "01-deep-neural-networks/01-dnn" in out and "planned" in out
+
+
+def test_run_prints_recorded_result(tmp_path, monkeypatch, capsys):
+    import common.__main__ as cli
+    import common.topics as topics
+
+    folder = tmp_path / "01-deep-neural-networks" / "01-dnn"
+    folder.mkdir(parents=True)
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('hi')")]), folder / "notes.ipynb")
+    (folder / "results.json").write_text(json.dumps({"claim": "c", "runs": {"cpu": {"claim_holds": True}}}))
+    monkeypatch.setattr(topics, "topic_dir", lambda f: tmp_path / f)
+    assert cli.main(["run", "01-dnn", "--scale", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "claim: c" in out and '"claim_holds": true' in out
+    assert nbformat.read(folder / "notes.ipynb", as_version=4).cells[0].outputs[0]["text"] == "hi\n"

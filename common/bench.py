@@ -63,7 +63,7 @@ def bench_loader(n: int | None = None, batch_size: int = 128, repeats: int = 3) 
             "speedup": t_theirs / t_ours}
 
 
-def bench_fit(n: int = 20000, batch_size: int = 128, repeats: int = 3) -> dict:
+def bench_fit(n: int = 60000, batch_size: int = 128, repeats: int = 5) -> dict:
     """``common.train.fit`` vs a bare hand-written loop on the same model and batches."""
     from .train import fit
 

@@ -7,7 +7,6 @@ the pieces here: :class:`History`, :func:`evaluate`, :func:`check_finite`, :func
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -131,14 +130,16 @@ def fit(model: torch.nn.Module, train_loader, *, optimizer: torch.optim.Optimize
         val_loader=None, eval_every: int | None = None, metrics: dict[str, Callable] | None = None,
         clip_grad: float | None = None, scheduler=None, amp: bool | None = None,
         checkpoint: str | Path | None = None, resume: bool = False, progress_bar: bool = True,
-        desc: str | None = None, history: History | None = None) -> History:
+        desc: str | None = None, history: History | None = None, guard_every: int = 50) -> History:
     """Train ``model`` on batches ``(x, y)`` from ``train_loader``; return a :class:`History`.
 
     - ``epochs`` passes (or stop after ``max_steps`` optimizer steps); ``scheduler.step()`` per step.
     - Every ``eval_every`` steps and at the end of each epoch, ``val_loader`` is evaluated
       (``val_loss`` and ``val_<metric>``); train loss is logged as a running mean per interval.
     - ``amp`` (default: on CUDA) uses bf16 autocast; ``clip_grad`` clips the global grad norm.
-    - A NaN/inf loss raises :class:`NonFiniteLossError` with the step and learning rate.
+    - A NaN/inf loss raises :class:`NonFiniteLossError` naming its step and the learning rate;
+      losses are checked in bulk every ``guard_every`` steps and before each evaluation, so the
+      loop never waits on the device for the check.
     - ``checkpoint`` saves model/optimizer/scheduler/history/RNG at each epoch's end;
       with ``resume`` a run continues from it and ends where an uninterrupted run would.
     """
@@ -179,13 +180,25 @@ def fit(model: torch.nn.Module, train_loader, *, optimizer: torch.optim.Optimize
 
     model.train()
     done = False
+    pending: list[torch.Tensor] = []  # losses not yet checked for NaN/inf (checked in bulk: no per-step sync)
+
+    def guard() -> None:
+        if pending:
+            losses = torch.stack(pending)
+            finite = torch.isfinite(losses)
+            if not finite.all():
+                first = step - len(pending) + int((~finite).nonzero()[0])
+                lr = optimizer.param_groups[0].get("lr")
+                raise NonFiniteLossError(f"non-finite loss {losses[first - step + len(pending)].item()} at step "
+                                         f"{first} (learning rate {lr}); lower the learning rate or clip gradients")
+            pending.clear()
+
     for epoch in range(start_epoch, epochs):
         running: list[torch.Tensor] = []
         for x, y in train_loader:
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             with autocast:
                 loss = loss_fn(model(x), y)
-            check_finite(loss, step, optimizer)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip_grad is not None:
@@ -194,15 +207,21 @@ def fit(model: torch.nn.Module, train_loader, *, optimizer: torch.optim.Optimize
             if scheduler is not None:
                 scheduler.step()
             step += 1
-            running.append(loss.detach().float())
+            loss = loss.detach().float()
+            running.append(loss)
+            pending.append(loss)
             bar.update(1)
+            if step % guard_every == 0:
+                guard()
             if eval_every is not None and step % eval_every == 0:
+                guard()
                 run_eval(epoch, running)
             if max_steps is not None and step >= max_steps:
                 done = True
                 break
+        guard()
         if running or eval_every is None:
-            run_eval(epoch + 1 if not done else epoch, running)
+            run_eval(epoch + 1, running)
         if checkpoint is not None:
             save_checkpoint(checkpoint, model, optimizer, scheduler, step=step, epoch=epoch + 1,
                             history=hist.records, rng=torch.get_rng_state(),
@@ -210,6 +229,4 @@ def fit(model: torch.nn.Module, train_loader, *, optimizer: torch.optim.Optimize
         if done:
             break
     bar.close()
-    if math.isnan(hist.records[-1].get("train_loss", 0.0)):
-        raise NonFiniteLossError(f"training loss is NaN at the end (step {step})")
     return hist

@@ -422,6 +422,21 @@ def test_non_finite_guard_names_step_and_lr():
                   progress_bar=False)
 
 
+def test_non_finite_guard_names_the_step_it_happened_at():
+    x, y = _blobs(64)
+    model = _model()
+    calls = []
+
+    def late_nan(out, target):
+        calls.append(1)
+        loss = F.cross_entropy(out, target)
+        return loss * float("inf") if len(calls) == 8 else loss
+
+    with pytest.raises(train.NonFiniteLossError, match="at step 7 "):
+        train.fit(model, data.TensorLoader(x, y, batch_size=4), optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                  loss_fn=late_nan, epochs=2, guard_every=5, progress_bar=False)
+
+
 def test_evaluate_and_accuracy():
     model = nn.Identity()
     model.register_parameter("dummy", nn.Parameter(torch.zeros(1)))

@@ -10,12 +10,16 @@ import pytest
 
 @pytest.fixture
 def http_server():
-    """Serve ``routes[path] = (status, bytes)`` on 127.0.0.1; yields ``(base_url, routes)``."""
+    """Serve ``routes[path] = (status, bytes)`` (or a callable returning one) on 127.0.0.1.
+
+    Yields ``(base_url, routes)``.
+    """
     routes: dict[str, tuple[int, bytes]] = {}
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 (http.server's naming)
-            status, body = routes.get(self.path, (404, b"not found"))
+            route = routes.get(self.path, (404, b"not found"))
+            status, body = route() if callable(route) else route
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

@@ -164,6 +164,17 @@ def test_download_is_checksummed_and_atomic(http_server, monkeypatch):
     assert not (data.cache_dir() / "dlbad" / "bad.bin").exists()
 
 
+def test_download_retries_after_a_server_error(http_server, monkeypatch):
+    base, routes = http_server
+    body = b"payload" * 50
+    answers = iter([(503, b"busy"), (200, body)])
+    routes["/flaky.bin"] = lambda: next(answers)
+    monkeypatch.setattr(data.time, "sleep", lambda s: None)
+    ds = data.Dataset("flaky", (data.RemoteFile("flaky.bin", base + "/flaky.bin", hashlib.md5(body).hexdigest()),))
+    monkeypatch.setitem(data.REGISTRY, "flaky", ds)
+    assert data.fetch("flaky")["flaky.bin"].read_bytes() == body
+
+
 def test_unknown_dataset_lists_known_ones():
     with pytest.raises(ValueError, match="mnist"):
         data.fetch("imagenet")

@@ -6,6 +6,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import torch
+
+# Unit tests use tiny tensors: one thread per pytest-xdist worker avoids oversubscribing the cores.
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -88,6 +88,7 @@ class LocalResponseNorm(nn.Module):
         return local_response_norm(a, self.size, self.alpha, self.beta, self.k)
 
     def extra_repr(self) -> str:
+        """The hyper-parameters, shown when the module is printed."""
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
 
 

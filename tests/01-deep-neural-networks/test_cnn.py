@@ -11,6 +11,12 @@ cnn = common.topic("cnn")
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
+def _close(a, r, dtype):
+    """Max abs difference within TOL, relative to the reference's scale once entries exceed 1
+    (float32 carries ~7 significant digits: a gradient of 40 cannot agree to 1e-5 absolutely)."""
+    return (a - r).abs().max().item() <= TOL[dtype] * max(1.0, r.abs().max().item())
+
+
 def _grads(y, inputs, g):
     return torch.autograd.grad(y, inputs, g)
 
@@ -35,10 +41,10 @@ def test_conv2d_matches_torch_values_and_grads(dtype, stride, padding, c_in, c_o
     y = cnn.conv2d(x, w, b, stride=stride, padding=padding)
     ref = F.conv2d(x, w, b, stride=stride, padding=padding)
     assert y.shape == ref.shape
-    assert (y - ref).abs().max().item() <= TOL[dtype]
+    assert _close(y, ref, dtype)
     gy = torch.randn(ref.shape, generator=g, dtype=dtype)
     for a, r in zip(_grads(y, inputs, gy), _grads(ref, inputs, gy)):
-        assert (a - r).abs().max().item() <= TOL[dtype]
+        assert _close(a, r, dtype)
 
 
 def test_conv2d_module_matches_torch_with_same_weights():

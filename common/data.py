@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -295,15 +296,8 @@ def _open_maybe_gzip(path: Path) -> bytes:
             with gzip.open(path, "rb") as f:
                 return f.read()
         return path.read_bytes()
-    except (EOFError, gzip.BadGzipFile, OSError, zlib_error()) as exc:
+    except (EOFError, gzip.BadGzipFile, OSError, zlib.error) as exc:
         raise ChecksumError(f"{path} is corrupt or truncated ({exc}); delete it to fetch again") from exc
-
-
-def zlib_error():
-    """The zlib error class (a gzip stream can fail with it)."""
-    import zlib
-
-    return zlib.error
 
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

@@ -55,10 +55,6 @@ class History:
         """Every metric name logged so far."""
         return {k for r in self.records for k in r} - {"step", "epoch"}
 
-    def state_dict(self) -> dict:
-        """Serialisable state (for checkpoints)."""
-        return {"records": self.records}
-
     def __repr__(self) -> str:
         return f"History({len(self.records)} records, metrics {sorted(self.names())})"
 
@@ -87,10 +83,16 @@ def evaluate(model: torch.nn.Module, loader: Iterable, loss_fn: Callable = F.cro
 
 
 def check_finite(loss: torch.Tensor, step: int, optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Raise :class:`NonFiniteLossError` naming the step and learning rate if ``loss`` is NaN/inf."""
-    if not torch.isfinite(loss).all():
+    """Raise :class:`NonFiniteLossError` if ``loss`` holds a NaN/inf, naming its step and learning rate.
+
+    ``loss`` is one loss or a 1-D tensor of consecutive steps' losses, the first taken at ``step``.
+    """
+    losses = loss.reshape(-1)
+    finite = torch.isfinite(losses)
+    if not finite.all():
+        bad = int((~finite).nonzero()[0])
         lr = optimizer.param_groups[0].get("lr") if optimizer is not None else None
-        raise NonFiniteLossError(f"non-finite loss {loss.item()} at step {step} (learning rate {lr}); "
+        raise NonFiniteLossError(f"non-finite loss {losses[bad].item()} at step {step + bad} (learning rate {lr}); "
                                  "lower the learning rate or clip gradients")
 
 
@@ -184,13 +186,7 @@ def fit(model: torch.nn.Module, train_loader, *, optimizer: torch.optim.Optimize
 
     def guard() -> None:
         if pending:
-            losses = torch.stack(pending)
-            finite = torch.isfinite(losses)
-            if not finite.all():
-                first = step - len(pending) + int((~finite).nonzero()[0])
-                lr = optimizer.param_groups[0].get("lr")
-                raise NonFiniteLossError(f"non-finite loss {losses[first - step + len(pending)].item()} at step "
-                                         f"{first} (learning rate {lr}); lower the learning rate or clip gradients")
+            check_finite(torch.stack(pending), step - len(pending), optimizer)
             pending.clear()
 
     for epoch in range(start_epoch, epochs):

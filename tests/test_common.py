@@ -448,6 +448,14 @@ def test_non_finite_guard_names_the_step_it_happened_at():
                   loss_fn=late_nan, epochs=2, guard_every=5, progress_bar=False)
 
 
+def test_check_finite_on_one_loss_and_on_a_run_of_losses():
+    train.check_finite(torch.tensor(1.0), step=3)
+    with pytest.raises(train.NonFiniteLossError, match="at step 3 "):
+        train.check_finite(torch.tensor(float("nan")), step=3)
+    with pytest.raises(train.NonFiniteLossError, match="at step 12 "):
+        train.check_finite(torch.tensor([0.5, 0.4, float("inf"), 0.3]), step=10)
+
+
 def test_evaluate_and_accuracy():
     model = nn.Identity()
     model.register_parameter("dummy", nn.Parameter(torch.zeros(1)))

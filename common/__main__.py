@@ -35,7 +35,7 @@ def _cmd_run(args) -> int:
     try:
         run_notebook(nb_path, scale=run_scale, save=not args.no_save)
     except NotebookError as exc:
-        print(exc, file=sys.stderr)
+        print(f"\n{exc}\n\nIn short: {exc.summary}", file=sys.stderr)
         return 1
     res = topic_dir(folder) / "results.json"
     if run_scale == "smoke":

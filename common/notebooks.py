@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import textwrap
 from pathlib import Path
 
@@ -11,7 +12,31 @@ from .runtime import SCALES
 
 
 class NotebookError(RuntimeError):
-    """A notebook cell failed; the message names the cell and carries its error."""
+    """A notebook cell failed. The message starts with the cell's exception in plain words
+    (``DataError: ...``); the cell's source and full traceback follow, without colour codes.
+    ``summary`` holds that first part alone."""
+
+    def __init__(self, message: str, summary: str = ""):
+        super().__init__(message)
+        self.summary = summary or message.split("\n", 1)[0]
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without terminal colour codes (IPython tracebacks are coloured)."""
+    return _ANSI.sub("", text)
+
+
+def _failure_message(path: Path, nb, exc) -> tuple[str, str]:
+    """(summary, full message) for a failed cell: the plain error first, then where and the traceback."""
+    ename, evalue = getattr(exc, "ename", "") or "Error", getattr(exc, "evalue", "") or ""
+    cell_no = next((i for i, c in enumerate(nb.cells, 1) if c.cell_type == "code"
+                    and any(o.get("output_type") == "error" for o in c.get("outputs", []))), None)
+    where = f"code cell {cell_no}" if cell_no else "a cell"
+    summary = f"{path.name}: {where} failed with {ename}: {strip_ansi(str(evalue))}"
+    return summary, f"{summary}\n\n--- full traceback ---\n{strip_ansi(str(exc))}"
 
 
 def _collapse_cr(text: str) -> str:
@@ -66,7 +91,8 @@ def run_notebook(path: str | Path, scale: str | None = None, timeout: int = 1800
     try:
         client.execute()
     except CellExecutionError as exc:
-        raise NotebookError(f"{path.name}: a cell failed\n{exc}") from None
+        summary, message = _failure_message(path, nb, exc)
+        raise NotebookError(message, summary) from None
     finally:
         os.environ.clear()
         os.environ.update(old_env)
@@ -76,15 +102,13 @@ def run_notebook(path: str | Path, scale: str | None = None, timeout: int = 1800
     return nb
 
 
-def show_source(obj, title: str | None = None) -> str:
-    """Show the source of a function, class or method; as Markdown in Jupyter, as text elsewhere.
+def show_source(obj, title: str | None = None) -> None:
+    """Show the source of a function, class or method: as Markdown in Jupyter, as plain text elsewhere.
 
-    Returns the source text (dedented) so a test can check it.
+    Returns nothing, so the source appears once in a notebook (no echoed string after it); use
+    :func:`source_of` to get the text.
     """
-    try:
-        src = textwrap.dedent(inspect.getsource(obj))
-    except (TypeError, OSError) as exc:
-        raise ValueError(f"show_source: no source for {obj!r} ({exc})") from None
+    src = source_of(obj)
     try:
         from IPython import get_ipython
         from IPython.display import Markdown, display
@@ -92,11 +116,19 @@ def show_source(obj, title: str | None = None) -> str:
         if get_ipython() is not None:
             head = f"**{title}**\n\n" if title else ""
             display(Markdown(f"{head}```python\n{src.rstrip()}\n```"))
-            return src
+            return None
     except ImportError:
         pass
     print(src)
-    return src
+    return None
+
+
+def source_of(obj) -> str:
+    """The dedented source text of a function, class or method (``ValueError`` if it has none)."""
+    try:
+        return textwrap.dedent(inspect.getsource(obj))
+    except (TypeError, OSError) as exc:
+        raise ValueError(f"show_source: no source for {obj!r} ({exc})") from None
 
 
 def error_outputs(nb) -> list[str]:

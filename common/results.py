@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import datetime as _dt
+import hashlib
 import json
+import math
 import os
 import re
 from pathlib import Path
 
 import torch
 
-from .runtime import REPO_ROOT, device_description, elapsed, git_commit, scale
+from .runtime import REPO_ROOT, device_description, elapsed, scale
 from .topics import SECTIONS, TOPICS, topic_dir
 
 SCOREBOARD_MARKERS = ("<!-- scoreboard:start -->", "<!-- scoreboard:end -->")
@@ -40,22 +43,111 @@ def _jsonable(v):
     return v
 
 
-def record(*, claim: str, paper: dict, dataset: str, metrics: dict, claim_holds, headline: str = "",
-           notes: str | None = None, seconds: float | None = None, folder: str | Path | None = None,
-           run_scale: str | None = None) -> dict:
+def seed_stats(values) -> dict:
+    """Mean, min, max, sample std and count of one metric measured over several seeds.
+
+    ``values`` is a non-empty sequence of finite numbers (one per seed). Use ``mean`` as the metric
+    and ``[min, max]`` as its spread in :func:`record`.
+    """
+    vals = [float(v) for v in (values.tolist() if isinstance(values, torch.Tensor) else values)]
+    if not vals:
+        raise ValueError("seed_stats: no values given")
+    if not all(math.isfinite(v) for v in vals):
+        raise ValueError(f"seed_stats: non-finite values {vals}")
+    mean = sum(vals) / len(vals)
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return {"mean": mean, "min": min(vals), "max": max(vals), "std": std, "n": len(vals)}
+
+
+def fmt_stats(values, spec: str = ".3g", unit: str = "") -> str:
+    """``values`` over seeds as text: ``"2.1x (1.8-2.5, 3 seeds)"``; a single value is shown alone."""
+    st = seed_stats(values)
+    if st["n"] == 1:
+        return f"{st['mean']:{spec}}{unit}"
+    return f"{st['mean']:{spec}}{unit} ({st['min']:{spec}}-{st['max']:{spec}}{unit}, {st['n']} seeds)"
+
+
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def source_sha256(folder: str | Path) -> str:
+    """Hash of the code that produces a topic's results: its ``.py`` files and its notebook's code cells.
+
+    Python files are parsed and unparsed with docstrings removed, so comments, docstrings and
+    formatting do not count; the notebook's code cells count as written. A repo test compares this
+    with the hash stored in ``results.json``, so a result is never older than its code.
+    """
+    folder = Path(folder)
+    if not folder.is_absolute():
+        folder = REPO_ROOT / folder
+    h = hashlib.sha256()
+    for py in sorted(folder.glob("*.py")):
+        try:
+            code = ast.unparse(_strip_docstrings(ast.parse(py.read_text())))
+        except SyntaxError as exc:
+            raise ValueError(f"source_sha256: {py} does not parse ({exc})") from None
+        h.update(f"## {py.name}\n{code}\n".encode())
+    nb = folder / "notes.ipynb"
+    if nb.exists():
+        cells = json.loads(nb.read_text()).get("cells", [])
+        for cell in cells:
+            if cell.get("cell_type") == "code":
+                src = cell.get("source", "")
+                src = "".join(src) if isinstance(src, list) else src
+                h.update(f"## cell\n{src.rstrip()}\n".encode())
+    return h.hexdigest()
+
+
+PAPER_KEYS = ("source", "dataset", "summary", "values")
+
+
+def record(*, claim: str, paper: dict, dataset: str, metrics: dict, claim_holds, seeds, headline: str,
+           spread: dict | None = None, substitute_for: str | None = None, notes: str | None = None,
+           seconds: float | None = None, folder: str | Path | None = None, run_scale: str | None = None) -> dict:
     """Write this run's measured results into the topic's ``results.json``; return the run's entry.
 
-    ``claim_holds`` must be a boolean computed from ``metrics`` (numpy/torch booleans accepted).
-    ``headline`` is a one-line summary of the measured result for the scoreboard. Nothing is
-    written at smoke scale. ``seconds`` defaults to the time since :func:`common.setup`. Runs at
+    - ``claim``: exactly what ``claim_holds`` checks. ``claim_holds``: a bool computed from ``metrics``.
+    - ``paper``: ``source`` (table or figure), ``dataset`` (the paper's), ``summary`` (its number in
+      words, e.g. "ReLU reaches 25% training error 6x sooner than tanh") and ``values`` (the numbers).
+    - ``dataset``: what we ran on; ``substitute_for``: the paper's dataset when ours differs.
+    - ``seeds``: the seeds behind the metrics; with more than one, ``spread`` maps each metric that
+      was averaged over seeds to its ``[min, max]`` (see :func:`seed_stats`).
+    - ``headline``: one line of measured numbers for the scoreboard.
+
+    Nothing is written at smoke scale. ``seconds`` defaults to the time since :func:`common.setup`.
+    ``source_sha256`` (see :func:`source_sha256`) ties the run to the code that produced it. Runs at
     other scales already in the file are kept.
     """
     if not isinstance(claim, str) or not claim.strip():
         raise ValueError("record: claim must be a non-empty sentence")
-    if not isinstance(paper, dict) or not {"source", "metric", "values"} <= set(paper):
-        raise ValueError(f"record: paper must be a dict with source, metric and values; got {paper!r}")
+    if not isinstance(paper, dict) or not set(PAPER_KEYS) <= set(paper):
+        raise ValueError(f"record: paper must be a dict with {', '.join(PAPER_KEYS)}; got {paper!r}")
+    if not isinstance(dataset, str) or not dataset.strip():
+        raise ValueError(f"record: dataset must name the data the run used, got {dataset!r}")
+    if substitute_for is not None and (not isinstance(substitute_for, str) or not substitute_for.strip()):
+        raise ValueError(f"record: substitute_for must name the paper's dataset, got {substitute_for!r}")
     if not isinstance(metrics, dict) or not metrics:
         raise ValueError("record: metrics must be a non-empty dict of measured numbers")
+    if not isinstance(headline, str) or not headline.strip():
+        raise ValueError("record: headline must be a one-line summary of the measured numbers")
+    if isinstance(seeds, int) or not isinstance(seeds, (list, tuple)) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ValueError(f"record: seeds must be a non-empty list of non-negative ints, got {seeds!r}")
+    spread = dict(spread or {})
+    if len(seeds) > 1 and not spread:
+        raise ValueError(f"record: {len(seeds)} seeds but no spread: give [min, max] of each averaged metric")
+    for k, v in spread.items():
+        if k not in metrics:
+            raise ValueError(f"record: spread names {k!r}, which is not in metrics")
+        if not isinstance(v, (list, tuple)) or len(v) != 2 or not float(v[0]) <= float(v[1]):
+            raise ValueError(f"record: spread[{k!r}] must be [min, max] with min <= max, got {v!r}")
     if hasattr(claim_holds, "item"):
         claim_holds = claim_holds.item()
     if not isinstance(claim_holds, bool):
@@ -64,17 +156,21 @@ def record(*, claim: str, paper: dict, dataset: str, metrics: dict, claim_holds,
     folder = Path(folder) if folder is not None else Path(os.getcwd())
     name = _topic_of(folder)
     secs = seconds if seconds is not None else elapsed()
-    run = {
-        "dataset": dataset,
+    run = {"dataset": dataset}
+    if substitute_for:
+        run["substitute_for"] = substitute_for
+    run.update({
+        "seeds": list(seeds),
         "metrics": _jsonable(metrics),
+        "spread": _jsonable(spread),
         "claim_holds": claim_holds,
         "headline": headline,
         "seconds": round(secs, 1) if secs is not None else None,
         "device": device_description(),
         "torch": torch.__version__.split("+")[0],
-        "commit": git_commit(),
+        "source_sha256": source_sha256(folder),
         "date": _dt.date.today().isoformat(),
-    }
+    })
     if notes:
         run["notes"] = notes
     if s == "smoke":
@@ -101,26 +197,41 @@ def load_results(root: Path = REPO_ROOT) -> dict[str, dict]:
     return out
 
 
+def _cell(text) -> str:
+    return str(text).replace("|", "/").replace("\n", " ")
+
+
 def render_scoreboard(root: Path = REPO_ROOT) -> str:
-    """The Markdown scoreboard: one row per topic and recorded scale."""
-    rows = ["| Topic | Claim | Paper | Scale | Measured | Holds | Time |",
-            "|---|---|---|---|---|---|---|"]
+    """The Markdown scoreboard: one row per topic and recorded scale.
+
+    Columns: topic, claim, the paper's number in words with its table or figure, the data we ran
+    on (marked as a substitute when it is not the paper's), scale, measured (with the number of
+    seeds), holds, time.
+    """
+    rows = ["| Topic | Claim | Paper | Data | Scale | Measured | Holds | Time |",
+            "|---|---|---|---|---|---|---|---|"]
     titles = {t[0]: t[2] for t in TOPICS}
     for folder, data in load_results(root).items():
         paper = data.get("paper", {})
-        pvals = ", ".join(f"{k} {v}" for k, v in paper.get("values", {}).items())
-        pcell = f"{paper.get('metric', '')}: {pvals} ({paper.get('source', '')})".replace("|", "/")
+        pcell = f"{paper.get('source', '')}, {paper.get('dataset', '')}: {paper.get('summary', '')}"
         for s in ("cpu", "gpu"):
             run = data.get("runs", {}).get(s)
             if not run:
                 continue
-            measured = run.get("headline") or ", ".join(f"{k} {v}" for k, v in list(run["metrics"].items())[:3])
+            data_cell = run.get("dataset", "")
+            if run.get("substitute_for"):
+                data_cell += f" (substitute for {run['substitute_for']})"
+            measured = run.get("headline", "")
+            n_seeds = len(run.get("seeds", []))
+            if n_seeds > 1:
+                measured += f" ({n_seeds} seeds)"
             holds = "yes" if run["claim_holds"] else "**no**"
             secs = run.get("seconds")
-            rows.append(f"| [{titles[folder]}]({folder}/notes.ipynb) | {data['claim']} | {pcell} | {s} "
-                        f"| {measured.replace('|', '/')} | {holds} | {'' if secs is None else f'{secs:.0f} s'} |")
+            rows.append(f"| [{titles[folder]}]({folder}/notes.ipynb) | {_cell(data['claim'])} | {_cell(pcell)} "
+                        f"| {_cell(data_cell)} | {s} | {_cell(measured)} | {holds} "
+                        f"| {'' if secs is None else f'{secs:.0f} s'} |")
     if len(rows) == 2:
-        rows.append("| (no results yet) | | | | | | |")
+        rows.append("| (no results yet) | | | | | | | |")
     return "\n".join(rows)
 
 

@@ -57,13 +57,18 @@ def pick(*, smoke, cpu, gpu=None):
 
 
 def git_commit(short: bool = True) -> str:
-    """The repository's current commit hash (``"unknown"`` outside a git checkout)."""
+    """The repository's current commit hash, with ``+uncommitted changes`` when the tree differs from it
+    (``"unknown"`` outside a git checkout). The exact code behind a result is ``source_sha256``."""
     args = ["git", "rev-parse", "--short" if short else "--verify", "HEAD"]
     try:
         out = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
+    if out.returncode != 0:
+        return "unknown"
+    return out.stdout.strip() + ("+uncommitted changes" if dirty.stdout.strip() else "")
 
 
 def device_description(dev: torch.device | None = None) -> str:
@@ -85,7 +90,7 @@ def setup(seed: int = 0, datasets: tuple[str, ...] | list[str] = ()) -> torch.de
     global _START
     _START = time.perf_counter()
     seed_everything(seed)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    set_threads()
     dev = device()
     from . import data  # local import: data imports runtime
 
@@ -95,10 +100,46 @@ def setup(seed: int = 0, datasets: tuple[str, ...] | list[str] = ()) -> torch.de
         f"torch   : {torch.__version__} | numpy {np.__version__} | python {platform.python_version()}",
         f"commit  : {git_commit()} | seed {seed}",
     ]
+    if (Path.cwd() / "notes.ipynb").exists() and any(Path.cwd().glob("*.py")):
+        from .results import source_sha256
+
+        lines.append(f"code    : source_sha256 {source_sha256(Path.cwd())[:16]} (topic module + notebook code)")
     for name in datasets:
         lines.append(f"data    : {name}: {data.source(name)}")
     print("\n".join(lines))
     return dev
+
+
+def set_threads(n: int | None = None) -> int:
+    """Set PyTorch's CPU thread count (default: every core) and return the previous count.
+
+    Small tensors (toy problems of a few units) often run faster on one thread than on several,
+    because each op is too small to split; notebooks call ``set_threads(1)`` around such work and
+    ``set_threads()`` after it. :class:`threads` does the same as a ``with`` block.
+    """
+    if n is None:
+        n = max(1, os.cpu_count() or 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_threads: n must be a positive int, got {n!r}")
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    return old
+
+
+class threads:
+    """``with threads(1): ...`` runs the block on ``n`` CPU threads and restores the count after it."""
+
+    def __init__(self, n: int):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"threads: n must be a positive int, got {n!r}")
+        self.n, self._old = n, None
+
+    def __enter__(self) -> threads:
+        self._old = set_threads(self.n)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        torch.set_num_threads(self._old)
 
 
 def elapsed() -> float | None:

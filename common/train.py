@@ -132,12 +132,15 @@ def fit(model: torch.nn.Module, train_loader, *, optimizer: torch.optim.Optimize
         val_loader=None, eval_every: int | None = None, metrics: dict[str, Callable] | None = None,
         clip_grad: float | None = None, scheduler=None, amp: bool | None = None,
         checkpoint: str | Path | None = None, resume: bool = False, progress_bar: bool = True,
-        desc: str | None = None, history: History | None = None, guard_every: int = 50) -> History:
+        desc: str | None = None, history: History | None = None, guard_every: int = 50,
+        eval_each_epoch: bool = True) -> History:
     """Train ``model`` on batches ``(x, y)`` from ``train_loader``; return a :class:`History`.
 
     - ``epochs`` passes (or stop after ``max_steps`` optimizer steps); ``scheduler.step()`` per step.
     - Every ``eval_every`` steps and at the end of each epoch, ``val_loader`` is evaluated
       (``val_loss`` and ``val_<metric>``); train loss is logged as a running mean per interval.
+      With ``eval_each_epoch=False`` the epoch ends are skipped (only the last one is kept), for
+      loaders whose "epochs" are tiny (a few images repeated with augmentation).
     - ``amp`` (default: on CUDA) uses bf16 autocast; ``clip_grad`` clips the global grad norm.
     - A NaN/inf loss raises :class:`NonFiniteLossError` naming its step and the learning rate;
       losses are checked in bulk every ``guard_every`` steps and before each evaluation, so the
@@ -189,8 +192,8 @@ def fit(model: torch.nn.Module, train_loader, *, optimizer: torch.optim.Optimize
             check_finite(torch.stack(pending), step - len(pending), optimizer)
             pending.clear()
 
+    running: list[torch.Tensor] = []  # losses since the last evaluation
     for epoch in range(start_epoch, epochs):
-        running: list[torch.Tensor] = []
         for x, y in train_loader:
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             with autocast:
@@ -216,7 +219,8 @@ def fit(model: torch.nn.Module, train_loader, *, optimizer: torch.optim.Optimize
                 done = True
                 break
         guard()
-        if running or eval_every is None:
+        last = done or epoch == epochs - 1
+        if (eval_each_epoch or last) and (running or eval_every is None):
             run_eval(epoch + 1, running)
         if checkpoint is not None:
             save_checkpoint(checkpoint, model, optimizer, scheduler, step=step, epoch=epoch + 1,

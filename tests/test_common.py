@@ -389,6 +389,18 @@ def test_fit_learns_a_tiny_problem():
         hist.series("bleu")
 
 
+def test_fit_can_skip_epoch_end_evaluation():
+    x, y = _blobs(64)
+    model = _model()
+    loader = data.TensorLoader(x, y, batch_size=16, seed=0)  # 4 steps per epoch
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hist = train.fit(model, loader, optimizer=opt, epochs=6, val_loader=loader, eval_every=10,
+                     eval_each_epoch=False, progress_bar=False)
+    assert [r["step"] for r in hist.records] == [10, 20, 24]  # every 10 steps, then the end only
+    hist = train.fit(model, loader, optimizer=opt, epochs=3, eval_each_epoch=False, progress_bar=False)
+    assert [r["step"] for r in hist.records] == [12] and "train_loss" in hist.records[0]
+
+
 def test_fit_max_steps_and_bad_arguments():
     x, y = _blobs(64)
     model = _model()
@@ -471,26 +483,36 @@ def test_evaluate_and_accuracy():
 # ----------------------------------------------------------------------------- results and topics
 
 
+PAPER = {"source": "Fig. 1", "dataset": "CIFAR-10", "summary": "ReLU reaches 25% training error 6x sooner than tanh",
+         "values": {"speed-up": 6}}
+
+
 def test_record_scoreboard_round_trip(tmp_path, monkeypatch, cpu_scale):
     folder = tmp_path / "01-deep-neural-networks" / "01-dnn"
     folder.mkdir(parents=True)
-    (folder / "dnn.py").write_text("")
+    (folder / "dnn.py").write_text("x = 1\n")
     monkeypatch.setattr(results, "topic_dir", lambda f: tmp_path / f)
     common.setup(0)
-    run = common.record(claim="A hidden layer solves XOR.", paper={"source": "p. 330", "metric": "sweeps",
-                        "values": {"XOR": 558}}, dataset="xor", metrics={"sweeps": np.float64(412.0)},
-                        claim_holds=np.bool_(True), headline="XOR in 412 sweeps", folder=folder)
+    run = common.record(claim="ReLU trains faster.", paper=PAPER, dataset="fashion-mnist", substitute_for="CIFAR-10",
+                        metrics={"speedup": np.float64(2.5), "lr": 0.01}, spread={"speedup": [2.0, 3.0]},
+                        seeds=[0, 1, 2], claim_holds=np.bool_(True), headline="2.5x faster", folder=folder)
     saved = json.loads((folder / "results.json").read_text())
     assert saved["topic"] == "01-deep-neural-networks/01-dnn"
-    assert saved["runs"]["cpu"] == run and run["claim_holds"] is True and run["metrics"]["sweeps"] == 412.0
+    assert saved["runs"]["cpu"] == run and run["claim_holds"] is True and run["metrics"]["speedup"] == 2.5
+    assert run["seeds"] == [0, 1, 2] and run["spread"] == {"speedup": [2.0, 3.0]}
+    assert run["substitute_for"] == "CIFAR-10" and run["source_sha256"] == results.source_sha256(folder)
+    assert "commit" not in run
     board = results.render_scoreboard(tmp_path)
-    assert "XOR in 412 sweeps" in board and "| cpu |" in board and "yes" in board
+    assert "| Topic | Claim | Paper | Data | Scale | Measured | Holds | Time |" in board
+    assert "Fig. 1, CIFAR-10: ReLU reaches 25% training error 6x sooner than tanh" in board
+    assert "fashion-mnist (substitute for CIFAR-10)" in board and "2.5x faster (3 seeds)" in board
+    assert "| cpu |" in board and "| yes |" in board
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- index:start -->\n<!-- index:end -->\n<!-- scoreboard:start -->\nSTALE\n"
                       "<!-- scoreboard:end -->\nend\n")
     assert results.update_readme(readme, tmp_path)
     text = readme.read_text()
-    assert "XOR in 412 sweeps" in text and "STALE" not in text and "*planned*" in text
+    assert "2.5x faster" in text and "STALE" not in text and "*planned*" in text
     assert "[Backpropagation (1986)](01-deep-neural-networks/01-dnn/notes.ipynb)" in text
     assert not results.update_readme(readme, tmp_path)  # idempotent
 
@@ -499,14 +521,64 @@ def test_record_validates_and_skips_smoke(tmp_path, monkeypatch):
     folder = tmp_path / "01-deep-neural-networks" / "01-dnn"
     folder.mkdir(parents=True)
     monkeypatch.setattr(results, "topic_dir", lambda f: tmp_path / f)
-    kw = dict(claim="c", paper={"source": "s", "metric": "m", "values": {}}, dataset="d", metrics={"a": 1.0},
-              folder=folder)
+    kw = dict(claim="c", paper=PAPER, dataset="d", metrics={"a": 1.0}, seeds=[0], headline="h", folder=folder)
     with pytest.raises(ValueError, match="claim_holds must be a bool"):
         common.record(claim_holds="yes", **kw)
+    with pytest.raises(ValueError, match="summary"):
+        common.record(claim_holds=False, **{**kw, "paper": {"source": "s", "metric": "m", "values": {}}})
+    with pytest.raises(ValueError, match="seeds"):
+        common.record(claim_holds=False, **{**kw, "seeds": 3})
+    with pytest.raises(ValueError, match="no spread"):
+        common.record(claim_holds=False, **{**kw, "seeds": [0, 1]})
+    with pytest.raises(ValueError, match="not in metrics"):
+        common.record(claim_holds=False, **{**kw, "seeds": [0, 1], "spread": {"b": [0, 1]}})
+    with pytest.raises(ValueError, match="min <= max"):
+        common.record(claim_holds=False, **{**kw, "seeds": [0, 1], "spread": {"a": [2, 1]}})
+    with pytest.raises(ValueError, match="headline"):
+        common.record(claim_holds=False, **{**kw, "headline": " "})
+    with pytest.raises(ValueError, match="substitute_for"):
+        common.record(claim_holds=False, **{**kw, "substitute_for": ""})
     common.record(claim_holds=False, **kw)  # smoke scale: nothing written
     assert not (folder / "results.json").exists()
     with pytest.raises(ValueError, match="not one of the planned topics"):
         common.record(claim_holds=False, **{**kw, "folder": tmp_path}, run_scale="cpu")
+
+
+def test_seed_stats_and_fmt_stats():
+    st = common.seed_stats([1.0, 2.0, 3.0])
+    assert st == {"mean": 2.0, "min": 1.0, "max": 3.0, "std": 1.0, "n": 3}
+    assert common.seed_stats(torch.tensor([4.0]))["std"] == 0.0
+    assert common.fmt_stats([2.0, 1.5, 2.5], ".2f", "x") == "2.00x (1.50-2.50x, 3 seeds)"
+    assert common.fmt_stats([0.25], ".0%") == "25%"
+    with pytest.raises(ValueError, match="no values"):
+        common.seed_stats([])
+    with pytest.raises(ValueError, match="non-finite"):
+        common.seed_stats([1.0, float("nan")])
+
+
+def test_source_hash_ignores_docstrings_and_comments_not_code(tmp_path):
+    import nbformat
+
+    (tmp_path / "m.py").write_text('"""Doc."""\n\ndef f(x):\n    """Doc."""\n    return x + 1  # note\n')
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# T"), nbformat.v4.new_code_cell("f(1)")])
+    nbformat.write(nb, tmp_path / "notes.ipynb")
+    h = results.source_sha256(tmp_path)
+    (tmp_path / "m.py").write_text('"""Other doc."""\n# a comment\ndef f(x):\n    return x + 1\n')
+    assert results.source_sha256(tmp_path) == h
+    nb.cells[0].source = "# Another title"
+    nb.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="2\n")]
+    nbformat.write(nb, tmp_path / "notes.ipynb")
+    assert results.source_sha256(tmp_path) == h  # markdown and outputs are not code
+    (tmp_path / "m.py").write_text("def f(x):\n    return x + 2\n")
+    assert results.source_sha256(tmp_path) != h
+    (tmp_path / "m.py").write_text("def f(x):\n    return x + 1\n")
+    assert results.source_sha256(tmp_path) == h
+    nb.cells[1].source = "f(2)"
+    nbformat.write(nb, tmp_path / "notes.ipynb")
+    assert results.source_sha256(tmp_path) != h
+    (tmp_path / "bad.py").write_text("def (:\n")
+    with pytest.raises(ValueError, match="does not parse"):
+        results.source_sha256(tmp_path)
 
 
 def test_topic_import_and_resolve():
@@ -569,8 +641,52 @@ def test_tidy_outputs_collapses_carriage_returns():
     assert [o["text"] for o in nb.cells[0].outputs] == ["a 100%\n", "done\n"]
 
 
-def test_show_source_returns_the_source(capsys):
-    src = common.show_source(_blobs)
-    assert src.startswith("def _blobs") and "centers" in capsys.readouterr().out
+def test_show_source_prints_once_and_returns_nothing(capsys):
+    assert common.show_source(_blobs) is None
+    out = capsys.readouterr().out
+    assert out.startswith("def _blobs") and out.count("def _blobs") == 1
+    assert common.source_of(_blobs).startswith("def _blobs")
     with pytest.raises(ValueError, match="no source"):
         common.show_source(1)
+
+
+def test_threads_sets_and_restores():
+    before = torch.get_num_threads()
+    with common.threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    old = common.set_threads(1)
+    assert old == before and torch.get_num_threads() == 1
+    common.set_threads(before)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="positive int"):
+            common.set_threads(bad)
+        with pytest.raises(ValueError, match="positive int"):
+            common.threads(bad)
+
+
+def test_failing_notebook_names_the_error_plainly_first(tmp_path):
+    import nbformat
+
+    from common.notebooks import NotebookError, run_notebook
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell(
+        "from common.data import DataError\nraise DataError('mnist: offline; set DLH_DATA or DLH_DATA_MIRROR')")])
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    with pytest.raises(NotebookError) as info:
+        run_notebook(tmp_path / "nb.ipynb", scale="smoke")
+    first = str(info.value).split("\n", 1)[0]
+    assert first == info.value.summary
+    assert "code cell 2" in first and "DataError: mnist: offline; set DLH_DATA or DLH_DATA_MIRROR" in first
+    assert "\x1b[" not in str(info.value) and "full traceback" in str(info.value)
+
+
+def test_bench_rows_report_batching_and_whole_epoch(monkeypatch):
+    from common import bench
+
+    monkeypatch.setenv("DLH_SCALE", "smoke")  # synthetic MNIST stand-in, no download
+    rows = bench.bench_loader(n=512, batch_size=64, repeats=1)
+    assert [r["name"].split("] ")[1].split(",")[0] for r in rows] == ["batching alone", "whole MLP 784-256-10 epoch (model included)"]
+    assert all(r["speedup"] > 0 and r["ours_s"] > 0 for r in rows)
+    row = bench.bench_fit(n=512, batch_size=64, repeats=2)
+    assert row["ours_s"] > 0 and row["theirs_s"] > 0 and "overhead_pct" in row

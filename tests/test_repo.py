@@ -14,7 +14,7 @@ import pytest
 
 import common
 from common import papers
-from common.results import render_readme
+from common.results import PAPER_KEYS, render_readme, source_sha256
 from common.runtime import REPO_ROOT
 from common.topics import existing_topics, topic_dir
 
@@ -47,6 +47,41 @@ def test_topic_folder_is_complete(folder, module):
     assert runs, f"{folder}: no cpu or gpu run recorded"
     for run in runs.values():
         assert isinstance(run["claim_holds"], bool) and run["metrics"] and run["seconds"] is not None
+
+
+@pytest.mark.parametrize("folder", [t[0] for t in EXISTING])
+def test_results_carry_provenance(folder):
+    data = json.loads((topic_dir(folder) / "results.json").read_text())
+    missing = [k for k in PAPER_KEYS if not data["paper"].get(k)]
+    assert not missing, f"{folder}: the paper entry lacks {missing} (re-run the notebook with the current record())"
+    for s, run in data["runs"].items():
+        for key in ("dataset", "seeds", "spread", "headline", "source_sha256"):
+            assert key in run, f"{folder} [{s}]: results.json lacks {key!r}: re-run the notebook"
+        assert run["seeds"] and all(isinstance(x, int) for x in run["seeds"])
+        if len(run["seeds"]) > 1:
+            assert run["spread"], f"{folder} [{s}]: {len(run['seeds'])} seeds but no spread"
+        for k, (lo, hi) in run["spread"].items():
+            assert k in run["metrics"] and lo <= hi, f"{folder} [{s}]: bad spread for {k}"
+
+
+@pytest.mark.parametrize("folder", [t[0] for t in EXISTING])
+def test_results_belong_to_the_committed_code(folder):
+    data = json.loads((topic_dir(folder) / "results.json").read_text())
+    now = source_sha256(topic_dir(folder))
+    stale = [s for s, run in data["runs"].items() if run.get("source_sha256") != now]
+    assert not stale, (f"{folder}: its module or notebook code changed after the recorded {', '.join(stale)} run; "
+                       f"re-run the notebook (make run TOPIC={folder}) and commit its outputs")
+
+
+@pytest.mark.parametrize("folder", [t[0] for t in EXISTING])
+def test_notebook_links_the_paper_online_before_the_local_pdf(folder):
+    nb = nbformat.read(topic_dir(folder) / "notes.ipynb", as_version=4)
+    title = next(c.source for c in nb.cells if c.cell_type == "markdown")
+    for paper in (p for p in papers.load_papers() if p.topic == folder):
+        online = title.find(f"]({paper.url})")
+        assert online >= 0, f"{folder}: the title cell does not link {paper.title!r} online ({paper.url})"
+        local = title.find(f"]({paper.pdf})") if f"]({paper.pdf})" in title else title.find(f"](./{paper.pdf})")
+        assert local < 0 or online < local, f"{folder}: link {paper.title!r} online before its local PDF"
 
 
 @pytest.mark.parametrize("folder", [t[0] for t in EXISTING])

@@ -13,7 +13,7 @@ from .topics import topic
 
 plot.style()
 
-__all__ = ["data", "plot", "train", "run_notebook", "show_source", "source_of", "progress", "record",
+__all__ = ["checks", "data", "plot", "train", "run_notebook", "show_source", "source_of", "progress", "record",
            "seed_stats", "fmt_stats", "Timer", "device", "pick", "scale", "seed_everything", "set_threads",
            "threads", "setup", "topic"]
 __version__ = "0.1.0"

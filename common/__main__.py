@@ -8,6 +8,8 @@ import sys
 
 from .runtime import REPO_ROOT, SCALES
 
+GPU_NOTEBOOK = "notes.gpu.ipynb"  # a gpu-scale run's executed notebook, kept beside the cpu-scale notes.ipynb
+
 
 def _cmd_run(args) -> int:
     from .notebooks import NotebookError, run_notebook
@@ -33,7 +35,8 @@ def _cmd_run(args) -> int:
         return 2
     print(f"running {folder}/notes.ipynb at {run_scale} scale ...", flush=True)
     try:
-        run_notebook(nb_path, scale=run_scale, save=not args.no_save)
+        out = topic_dir(folder) / GPU_NOTEBOOK if run_scale == "gpu" and args.gpu_copy else None
+        run_notebook(nb_path, scale=run_scale, save=not args.no_save, output=out)
     except NotebookError as exc:
         print(f"\n{exc}\n\nIn short: {exc.summary}", file=sys.stderr)
         return 1
@@ -96,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("topic", nargs="?", default="01-deep-neural-networks/01-dnn")
     p.add_argument("--scale", default=None, help=f"one of {', '.join(SCALES)} (default: common.scale())")
     p.add_argument("--no-save", action="store_true", help="do not write the executed notebook back")
+    p.add_argument("--gpu-copy", action="store_true",
+                   help=f"at gpu scale, save the executed notebook as {GPU_NOTEBOOK} beside notes.ipynb")
     p = sub.add_parser("papers", help="download every paper's PDF into its topic folder")
     p.add_argument("--all", action="store_true", help="also for planned topics (creates their folders)")
     p = sub.add_parser("scoreboard", help="rewrite the README index and scoreboard from results.json")

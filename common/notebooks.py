@@ -64,11 +64,12 @@ def tidy_outputs(nb) -> None:
 
 
 def run_notebook(path: str | Path, scale: str | None = None, timeout: int = 1800, save: bool = True,
-                 kernel_name: str = "python3"):
+                 kernel_name: str = "python3", output: str | Path | None = None):
     """Execute a notebook top to bottom in a fresh kernel, with its folder as working directory.
 
     ``scale`` sets ``DLH_SCALE`` for the kernel. With ``save`` the executed notebook (tidied
-    outputs) replaces the file. A failing cell raises :class:`NotebookError` with that cell's
+    outputs) replaces the file, or is written to ``output`` when given (e.g. ``notes.gpu.ipynb``
+    for a gpu-scale run kept beside the committed cpu-scale one). A failing cell raises :class:`NotebookError` with that cell's
     source and error; the partly executed notebook is not saved.
     """
     import nbformat
@@ -98,7 +99,7 @@ def run_notebook(path: str | Path, scale: str | None = None, timeout: int = 1800
         os.environ.update(old_env)
     tidy_outputs(nb)
     if save:
-        nbformat.write(nb, path)
+        nbformat.write(nb, Path(output) if output is not None else path)
     return nb
 
 

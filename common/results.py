@@ -227,7 +227,8 @@ def render_scoreboard(root: Path = REPO_ROOT) -> str:
                 measured += f" ({n_seeds} seeds)"
             holds = "yes" if run["claim_holds"] else "**no**"
             secs = run.get("seconds")
-            rows.append(f"| [{titles[folder]}]({folder}/notes.ipynb) | {_cell(data['claim'])} | {_cell(pcell)} "
+            nb = "notes.gpu.ipynb" if s == "gpu" and (root / folder / "notes.gpu.ipynb").exists() else "notes.ipynb"
+            rows.append(f"| [{titles[folder]}]({folder}/{nb}) | {_cell(data['claim'])} | {_cell(pcell)} "
                         f"| {_cell(data_cell)} | {s} | {_cell(measured)} | {holds} "
                         f"| {'' if secs is None else f'{secs:.0f} s'} |")
     if len(rows) == 2:

@@ -53,3 +53,16 @@ def test_run_prints_recorded_result(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "claim: c" in out and '"claim_holds": true' in out
     assert nbformat.read(folder / "notes.ipynb", as_version=4).cells[0].outputs[0]["text"] == "hi\n"
+
+
+def test_gpu_copy_saves_beside_the_notebook(tmp_path, monkeypatch):
+    import common.__main__ as cli
+    import common.topics as topics
+
+    folder = tmp_path / "01-deep-neural-networks" / "01-dnn"
+    folder.mkdir(parents=True)
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('hi')")]), folder / "notes.ipynb")
+    monkeypatch.setattr(topics, "topic_dir", lambda f: tmp_path / f)
+    assert cli.main(["run", "01-dnn", "--scale", "gpu", "--gpu-copy"]) == 0
+    assert nbformat.read(folder / "notes.ipynb", as_version=4).cells[0].outputs == []  # the cpu-scale run stays
+    assert nbformat.read(folder / cli.GPU_NOTEBOOK, as_version=4).cells[0].outputs[0]["text"] == "hi\n"

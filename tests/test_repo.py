@@ -74,6 +74,19 @@ def test_results_belong_to_the_committed_code(folder):
 
 
 @pytest.mark.parametrize("folder", [t[0] for t in EXISTING])
+def test_a_gpu_result_has_its_notebook_with_the_same_code(folder):
+    data = json.loads((topic_dir(folder) / "results.json").read_text())
+    gpu_nb = topic_dir(folder) / "notes.gpu.ipynb"
+    if "gpu" not in data["runs"]:
+        assert not gpu_nb.exists(), f"{folder}: notes.gpu.ipynb without a gpu result"
+        return
+    assert gpu_nb.exists(), f"{folder}: a gpu result but no notes.gpu.ipynb showing the run behind it"
+    code = [[c.source for c in nbformat.read(d, as_version=4).cells if c.cell_type == "code"]
+            for d in (gpu_nb, topic_dir(folder) / "notes.ipynb")]
+    assert code[0] == code[1], f"{folder}: notes.gpu.ipynb's code differs from notes.ipynb's"
+
+
+@pytest.mark.parametrize("folder", [t[0] for t in EXISTING])
 def test_notebook_links_the_paper_online_before_the_local_pdf(folder):
     nb = nbformat.read(topic_dir(folder) / "notes.ipynb", as_version=4)
     title = next(c.source for c in nb.cells if c.cell_type == "markdown")
@@ -84,16 +97,21 @@ def test_notebook_links_the_paper_online_before_the_local_pdf(folder):
         assert local < 0 or online < local, f"{folder}: link {paper.title!r} online before its local PDF"
 
 
-@pytest.mark.parametrize("folder", [t[0] for t in EXISTING])
-def test_committed_notebook_is_one_real_run(folder):
-    nb = nbformat.read(topic_dir(folder) / "notes.ipynb", as_version=4)
+NOTEBOOKS = [(t[0], "notes.ipynb") for t in EXISTING] + [
+    (t[0], "notes.gpu.ipynb") for t in EXISTING if (topic_dir(t[0]) / "notes.gpu.ipynb").exists()]
+
+
+@pytest.mark.parametrize("folder,name", NOTEBOOKS)
+def test_committed_notebook_is_one_real_run(folder, name):
+    nb = nbformat.read(topic_dir(folder) / name, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
     counts = [c.execution_count for c in code]
     assert None not in counts and counts == list(range(1, len(code) + 1)), f"execution counts {counts}"
     errors = [o for c in code for o in c.outputs if o.output_type == "error"]
     assert not errors, f"{folder}: error outputs {[e.ename for e in errors]}"
     header = "".join(o.get("text", "") for o in code[0].outputs)
-    assert re.search(r"scale\s+: (cpu|gpu)", header), f"{folder}: first cell must print the run header at cpu/gpu scale"
+    want = "gpu" if name == "notes.gpu.ipynb" else "(cpu|gpu)"
+    assert re.search(rf"scale\s+: {want}", header), f"{folder}/{name}: first cell must print the run header at {want} scale"
     markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert markdown.lstrip().startswith("# ")
     positions = [markdown.find(h) for h in OUTLINE]

@@ -24,6 +24,8 @@ import random
 
 import torch
 
+from common.checks import check_choice, check_float, check_int, check_labels, check_same_length, check_tensor
+
 # name: (f, f' written in terms of the unit's output y = f(x)), for the tensor network
 _ACT = {"sigmoid": (torch.sigmoid, lambda y: y * (1 - y)), "tanh": (torch.tanh, lambda y: 1 - y * y),
         "relu": (torch.relu, lambda y: (y > 0).to(y.dtype)), "linear": (lambda z: z, torch.ones_like)}
@@ -131,27 +133,24 @@ class Value:
                 parent.grad += local * node.grad
 
 
-def _check_sizes(sizes, what: str) -> list[int]:
+def _layer_sizes(name: str, sizes, at_least: int) -> list[int]:
+    """A list of ``at_least`` or more positive ints (layer widths)."""
     sizes = list(sizes)
-    if not sizes or any(isinstance(s, bool) or not isinstance(s, int) or s <= 0 for s in sizes):
-        raise ValueError(f"{what} must be positive ints, got {sizes}")
-    return sizes
-
-
-def _check_act(act: str) -> str:
-    if act not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {act!r}")
-    return act
+    if len(sizes) < at_least:
+        raise ValueError(f"{name} needs at least {at_least} layer size(s), got {sizes}")
+    return [check_int(f"{name}[{i}]", s, low=1) for i, s in enumerate(sizes)]
 
 
 class Neuron:
     """One unit: y = f(sum_i w_i x_i + b) (eqs. 1-2; the bias is the PDP chapter's threshold)."""
 
     def __init__(self, n_in: int, act: str = "sigmoid", init_range: float = 0.3, rng=None):
+        check_int("n_in", n_in, low=1)
+        self.act = check_choice("activation", act, ACTIVATIONS)
+        init_range = check_float("init_range", init_range, 0.0, low_open=True)
         rng = rng or random.Random(0)
         self.w = [Value(rng.uniform(-init_range, init_range)) for _ in range(n_in)]
         self.b = Value(rng.uniform(-init_range, init_range))
-        self.act = _check_act(act)
 
     def __call__(self, x) -> Value:
         s = self.b
@@ -189,10 +188,11 @@ class MLP:
 
     def __init__(self, n_in: int, sizes, act: str = "sigmoid", init_range: float = 0.3,
                  seed: int = 0, bypass: bool = False):
-        self.n_in, *_ = _check_sizes([n_in], "n_in")
-        self.sizes = _check_sizes(sizes, "layer sizes")
-        if init_range <= 0:
-            raise ValueError(f"init_range must be > 0, got {init_range}")
+        self.n_in = check_int("n_in", n_in, low=1)
+        self.sizes = _layer_sizes("sizes", sizes, 1)
+        check_choice("activation", act, ACTIVATIONS)
+        check_float("init_range", init_range, 0.0, low_open=True)
+        check_int("seed", seed)
         if bypass and len(self.sizes) != 2:
             raise ValueError(f"bypass needs exactly one hidden layer, got sizes {self.sizes}")
         rng, fan_in, self.bypass, self.layers = random.Random(seed), n_in, bypass, []
@@ -225,9 +225,11 @@ class MLP:
 
         ``X`` is (P, n_in), ``T`` is (P, n_out) (tensors or nested lists). Returns
         ``(E: float, outputs: float64 tensor (P, n_out), grads: list[float])``, with grads
-        in ``parameters()`` order.
+        in ``parameters()`` order. An empty pattern set raises ``ValueError``.
         """
         X, T = torch.as_tensor(X).tolist(), torch.as_tensor(T).tolist()
+        if not X:
+            raise ValueError("MLP.loss_and_grads got an empty set of patterns; expected at least one")
         if len(X) != len(T) or any(len(t) != self.sizes[-1] for t in T):
             raise ValueError(f"expected T of shape ({len(X)}, {self.sizes[-1]}), got {len(T)} rows")
         params = self.parameters()
@@ -247,22 +249,24 @@ class TensorMLP:
 
     ``sizes = (n_in, h_1, ..., n_out)``; hidden units use ``act``. ``out="sigmoid"`` pairs
     logistic outputs with the paper's squared error (eq. 3); ``out="softmax"`` pairs a
-    softmax with cross-entropy (a later refinement, used for MNIST). Weights start uniform
-    in [-r, r] with r = ``init_range``, or 1/sqrt(fan_in) when it is None.
+    softmax with cross-entropy (a later refinement, used for MNIST), computed from the
+    output units' total inputs with a log-sum-exp, so it stays finite when they are far apart.
+    Weights start uniform in [-r, r] with r = ``init_range`` (> 0), or 1/sqrt(fan_in) when it
+    is None.
+
+    Batches are ``(B, n_in)`` with ``B >= 1``: an empty batch raises ``ValueError`` (a mean loss
+    over no cases is undefined), as do class targets outside ``[0, n_out)``.
     """
 
     def __init__(self, sizes, act: str = "sigmoid", out: str = "sigmoid", init_range: float | None = None,
                  seed: int = 0, dtype: torch.dtype = torch.float32, device=None):
-        self.sizes = _check_sizes(sizes, "sizes")
-        if len(self.sizes) < 2:
-            raise ValueError(f"sizes needs at least (n_in, n_out), got {self.sizes}")
-        self.act = _check_act(act)
-        if out not in ("sigmoid", "softmax"):
-            raise ValueError(f"out must be 'sigmoid' or 'softmax', got {out!r}")
-        if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-        self.out, self.dtype = out, dtype
-        g = torch.Generator().manual_seed(seed)
+        self.sizes = _layer_sizes("sizes", sizes, 2)
+        self.act = check_choice("activation", act, ACTIVATIONS)
+        self.out = check_choice("out", out, ("sigmoid", "softmax"))
+        self.dtype = check_choice("dtype", dtype, (torch.float32, torch.float64))
+        if init_range is not None:
+            check_float("init_range", init_range, 0.0, low_open=True)
+        g = torch.Generator().manual_seed(check_int("seed", seed))
         self.params = []  # [W_1, b_1, W_2, b_2, ...]; W_l is (n_out, n_in) like the paper's w_ji
         for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]):
             r = init_range if init_range is not None else n_in**-0.5
@@ -283,15 +287,26 @@ class TensorMLP:
         for p, t in zip(self.params, flat):
             p.copy_(t)
 
-    def _check_x(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.sizes[0]:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"expected x of shape (B, {self.sizes[0]}), got {got}")
+    def _check_x(self, x) -> None:
+        check_tensor("x", x, dim=2, floating=True)  # also rejects an empty batch
+        if x.shape[1] != self.sizes[0]:
+            raise ValueError(f"expected x of shape (B, {self.sizes[0]}), got {tuple(x.shape)}")
         if x.dtype != self.dtype:
             raise ValueError(f"expected x of dtype {self.dtype}, got {x.dtype}")
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """All activations ``[x, y_1, ..., y_out]``, each (B, n_l) (eqs. 1-2, layer by layer)."""
+    def _check_target(self, target, batch: int) -> torch.Tensor:
+        if self.out == "sigmoid":
+            if not isinstance(target, torch.Tensor) or target.shape != (batch, self.sizes[-1]) \
+                    or target.dtype != self.dtype:
+                got = (f"{tuple(target.shape)} {target.dtype}" if isinstance(target, torch.Tensor)
+                       else type(target).__name__)
+                raise ValueError(f"expected float target ({batch}, {self.sizes[-1]}) {self.dtype}, got {got}")
+            return target
+        check_labels("class target", target, self.sizes[-1], n=batch)
+        return target.long()  # (B,) class indices; a uint8 index would act as a mask
+
+    def _forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``(acts, z)``: every layer's output and the output units' total input z (B, n_out)."""
         self._check_x(x)
         acts, n_layers = [x], len(self.params) // 2
         for l in range(n_layers):
@@ -300,29 +315,49 @@ class TensorMLP:
                 acts.append(_ACT[self.act][0](z))
             else:
                 acts.append(torch.sigmoid(z) if self.out == "sigmoid" else torch.softmax(z, dim=1))
-        return acts
+        return acts, z
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """All activations ``[x, y_1, ..., y_out]``, each (B, n_l) (eqs. 1-2, layer by layer)."""
+        return self._forward(x)[0]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x)[-1]
 
-    def loss(self, y: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
-        """Squared error 1/2 sum (y - d)^2 (eq. 3) or cross-entropy, summed or averaged over B."""
+    def loss(self, z: torch.Tensor, target: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+        """The loss from the output units' total input ``z`` (B, n_out), summed or averaged over B.
+
+        Squared error 1/2 sum (sigmoid(z) - d)^2 (eq. 3), or cross-entropy -log softmax(z)_d with
+        log softmax(z) = z - logsumexp(z): shifting by max(z) first keeps every exp() <= 1, so
+        logits 60 and -60 give a loss of 120, not the inf of log(softmax(z)) in float32.
+        """
+        check_choice("reduction", reduction, ("sum", "mean"))
+        check_tensor("z", z, dim=2, floating=True)
+        if z.shape[1] != self.sizes[-1]:
+            raise ValueError(f"expected z of shape (B, {self.sizes[-1]}), got {tuple(z.shape)}")
+        return self._loss(z, self._check_target(target, z.shape[0]), reduction)
+
+    def _loss(self, z: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
         if self.out == "sigmoid":
-            if target.shape != y.shape or target.dtype != self.dtype:
-                raise ValueError(f"expected float target {tuple(y.shape)} {self.dtype}, "
-                                 f"got {tuple(target.shape)} {target.dtype}")
-            per = 0.5 * ((y - target) ** 2).sum(1)  # (B,)
+            per = 0.5 * ((torch.sigmoid(z) - target) ** 2).sum(1)  # (B,)
         else:
-            if target.shape != y.shape[:1] or target.dtype != torch.int64:
-                raise ValueError(f"expected int64 class target ({y.shape[0]},), got "
-                                 f"{tuple(target.shape)} {target.dtype}")
-            per = -torch.log(y.gather(1, target[:, None]).clamp_min(1e-300)).squeeze(1)
-        if reduction not in ("sum", "mean"):
-            raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+            m = z.max(1, keepdim=True).values  # (B, 1)
+            lse = (m + torch.log(torch.exp(z - m).sum(1, keepdim=True))).squeeze(1)  # (B,) logsumexp
+            per = lse - z.gather(1, target[:, None]).squeeze(1)  # (B,) -log softmax(z)_d
         return per.sum() if reduction == "sum" else per.mean()
 
     def backward(self, acts: list[torch.Tensor], target: torch.Tensor, reduction: str = "sum"):
-        """Gradients of the loss w.r.t. ``[W_1, b_1, ...]``, by the backward pass (eqs. 4-7)."""
+        """Gradients of the loss w.r.t. ``[W_1, b_1, ...]``, by the backward pass (eqs. 4-7).
+
+        ``acts`` is ``forward``'s list; ``reduction`` is ``"sum"`` or ``"mean"``, as in ``loss``.
+        """
+        check_choice("reduction", reduction, ("sum", "mean"))
+        if not isinstance(acts, (list, tuple)) or len(acts) != len(self.sizes):
+            got = f"a list of {len(acts)}" if isinstance(acts, (list, tuple)) else type(acts).__name__
+            raise ValueError(f"backward expects forward()'s list of {len(self.sizes)} activations, got {got}")
+        return self._backward(acts, self._check_target(target, acts[-1].shape[0]), reduction)
+
+    def _backward(self, acts: list[torch.Tensor], target: torch.Tensor, reduction: str) -> list[torch.Tensor]:
         y = acts[-1]
         if self.out == "sigmoid":
             delta = (y - target) * y * (1 - y)  # (B, n_out) dE/dx_j, eqs. 4-5
@@ -341,9 +376,10 @@ class TensorMLP:
 
     def loss_and_grads(self, x: torch.Tensor, target: torch.Tensor, reduction: str = "sum"):
         """``(loss, outputs (B, n_out), grads)``: one forward and one backward pass."""
-        acts = self.forward(x)
-        loss = self.loss(acts[-1], target, reduction)
-        return loss, acts[-1], self.backward(acts, target, reduction)
+        check_choice("reduction", reduction, ("sum", "mean"))
+        acts, z = self._forward(x)
+        target = self._check_target(target, x.shape[0])
+        return self._loss(z, target, reduction), acts[-1], self._backward(acts, target, reduction)
 
 
 class DeltaRule:
@@ -353,16 +389,20 @@ class DeltaRule:
     """
 
     def __init__(self, eta: float, alpha: float = 0.0):
-        if not eta > 0:
-            raise ValueError(f"learning rate eta must be > 0, got {eta}")
-        if not 0 <= alpha < 1:
-            raise ValueError(f"momentum alpha must be in [0, 1), got {alpha}")
-        self.eta, self.alpha, self.velocity = eta, alpha, None
+        self.eta = check_float("learning rate eta", eta, 0.0, low_open=True)
+        self.alpha = check_float("momentum alpha", alpha, 0.0, 1.0, high_open=True)
+        self.velocity = None
 
     def step(self, params: list, grads: list) -> None:
-        """Change every parameter in place by dw(t), remembering dw(t) for the next step."""
+        """Change every parameter in place by dw(t), remembering dw(t) for the next step.
+
+        ``params`` and ``grads`` are lists of the same length, and the same length at every step.
+        """
+        n = check_same_length("DeltaRule.step(params, grads)", params, grads)
         if self.velocity is None:
             self.velocity = [g * 0.0 for g in grads]
+        elif len(self.velocity) != n:
+            raise ValueError(f"DeltaRule.step: got {n} parameters, but earlier steps had {len(self.velocity)}")
         for i, (p, g) in enumerate(zip(params, grads)):
             self.velocity[i] = -self.eta * g + self.alpha * self.velocity[i]
             if isinstance(p, Value):
@@ -380,8 +420,8 @@ def train_patterns(net, X, T, eta: float, alpha: float, max_sweeps: int, stop_to
     ``solved_at`` (weight changes made before the first solved sweep, or None),
     ``converged_at`` (the same for ``stop_tol``), ``losses`` (E per sweep), final ``outputs``.
     """
-    if not (isinstance(max_sweeps, int) and max_sweeps >= 0):
-        raise ValueError(f"max_sweeps must be an int >= 0, got {max_sweeps!r}")
+    check_int("max_sweeps", max_sweeps, low=0)
+    check_float("stop_tol", stop_tol, 0.0)
     opt, losses, solved_at = DeltaRule(eta, alpha), [], None
     for sweep in range(max_sweeps + 1):
         E, out, grads = net.loss_and_grads(X, T)
@@ -404,15 +444,14 @@ def xor(dtype=torch.float64):
 
 def encoder(n: int = 8, dtype=torch.float64):
     """The n-log2(n)-n encoder task: n one-hot patterns to reproduce at the output (PDP ch. 8)."""
-    _check_sizes([n], "n")
+    check_int("n", n, low=1)
     eye = torch.eye(n, dtype=dtype)
     return eye, eye.clone()
 
 
 def mirror_symmetry(n: int = 6, dtype=torch.float64):
     """All 2^n binary vectors, target 1 when the vector reads the same backwards (Nature Fig. 1)."""
-    if _check_sizes([n], "n")[0] < 2:
-        raise ValueError(f"mirror symmetry needs n >= 2 bits, got {n}")
+    check_int("mirror symmetry's number of bits n", n, low=2)
     bits = (torch.arange(2**n)[:, None] >> torch.arange(n - 1, -1, -1)) & 1  # (2^n, n)
     X = bits.to(dtype)
     return X, (X == X.flip(1)).all(1, keepdim=True).to(dtype)

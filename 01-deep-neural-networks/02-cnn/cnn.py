@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.checks import check_choice, check_images, check_int, check_tensor
+
 # Table I of the 1998 paper: which S2 maps (rows 0..5) feed each C3 map (0..15).
 # Maps 0-5 see 3 contiguous S2 maps, 6-11 see 4 contiguous, 12-14 four
 # non-contiguous, 15 all six: 60 of the 96 possible pairs.
@@ -25,19 +27,6 @@ C3_TABLE = (
     + [[j % 6, (j + 1) % 6, (j + 2) % 6, (j + 3) % 6] for j in range(6)]
     + [[0, 1, 3, 4], [1, 2, 4, 5], [0, 2, 3, 5], [0, 1, 2, 3, 4, 5]]
 )
-
-
-def _check_int(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"expected {name} to be an int >= {low}, got {value!r}")
-
-
-def _check_images(x, what="input"):
-    if not torch.is_tensor(x) or x.dim() != 4:
-        got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-        raise ValueError(f"expected {what} of rank 4 (B, C, H, W), got shape {got}")
-    if not x.is_floating_point():
-        raise ValueError(f"expected a floating-point {what}, got dtype {x.dtype}")
 
 
 def im2col(x, kh, kw, stride=1, padding=0, pad_value=0.0):
@@ -59,13 +48,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
         y[o, i, j] = b[o] + sum_{c, u, v} w[o, c, u, v] * x[c, i*s + u, j*s + v]
     with the same weights w[o] at every (i, j): weight sharing.
     x (B, C, H, W), weight (O, C, kh, kw) (rectangular kernels allowed), bias (O,).
-    Returns (B, O, Ho, Wo).
+    Returns (B, O, Ho, Wo); an empty batch (B = 0) gives an empty result, as F.conv2d does.
     """
-    _check_images(x)
-    if not torch.is_tensor(weight) or weight.dim() != 4:
-        raise ValueError(f"expected weight of rank 4 (O, C, kh, kw), got {getattr(weight, 'shape', weight)}")
-    _check_int("stride", stride, 1)
-    _check_int("padding", padding, 0)
+    check_images("conv2d input", x, nonempty=False)
+    check_tensor("conv2d weight (O, C, kh, kw)", weight, dim=4, floating=True, nonempty=False)
+    check_int("stride", stride, low=1)
+    check_int("padding", padding, low=0)
+    if weight.dtype != x.dtype:
+        raise ValueError(f"expected weight of the input's dtype {x.dtype}, got {weight.dtype}")
     B, C, H, W = x.shape
     O, Cw, kh, kw = weight.shape
     if C != Cw:
@@ -74,23 +64,24 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
         raise ValueError(f"expected padded input of at least {kh}x{kw}, got {H + 2 * padding}x{W + 2 * padding}")
     if bias is not None and tuple(bias.shape) != (O,):
         raise ValueError(f"expected bias of shape ({O},), got {tuple(bias.shape)}")
-    cols = im2col(x, kh, kw, stride, padding)  # (B, C, Ho, Wo, kh, kw)
+    cols = im2col(x, kh, kw, stride, padding)  # (B, C, Ho, Wo, kh, kw), a view
     Ho, Wo = cols.shape[2], cols.shape[3]
-    cols = cols.permute(0, 2, 3, 1, 4, 5).reshape(B, Ho * Wo, C * kh * kw)  # (B, L, C*kh*kw)
-    out = cols @ weight.reshape(O, C * kh * kw).t()  # (B, L, O)
+    # X_col: one column per output position, C*kh*kw rows; this reshape is the copy.
+    cols = cols.permute(0, 1, 4, 5, 2, 3).reshape(B, C * kh * kw, Ho * Wo)  # (B, C*kh*kw, L)
+    out = weight.reshape(O, C * kh * kw) @ cols  # (B, O, L): A = W X_col for every image
     if bias is not None:
-        out = out + bias
-    return out.transpose(1, 2).reshape(B, O, Ho, Wo)  # (B, O, Ho, Wo)
+        out = out + bias[:, None]
+    return out.reshape(B, O, Ho, Wo)  # (B, O, Ho, Wo)
 
 
 def _pool_windows(x, kernel_size, stride, padding, pad_value):
-    _check_images(x)
+    check_images("pooling input", x, nonempty=False)
     if isinstance(kernel_size, (tuple, list)):
         raise ValueError(f"expected an int kernel_size (square windows only), got {kernel_size!r}")
-    _check_int("kernel_size", kernel_size, 1)
+    check_int("kernel_size", kernel_size, low=1)
     stride = kernel_size if stride is None else stride
-    _check_int("stride", stride, 1)
-    _check_int("padding", padding, 0)
+    check_int("stride", stride, low=1)
+    check_int("padding", padding, low=0)
     if padding > kernel_size // 2:
         raise ValueError(f"expected padding <= kernel_size // 2 = {kernel_size // 2}, got {padding}")
     H, W = x.shape[2:]
@@ -99,23 +90,33 @@ def _pool_windows(x, kernel_size, stride, padding, pad_value):
             f"expected padded input of at least {kernel_size}x{kernel_size}, got {H}x{W} + {padding} padding"
         )
     win = im2col(x, kernel_size, kernel_size, stride, padding, pad_value)  # (B, C, Ho, Wo, k, k)
-    return win.reshape(*win.shape[:4], kernel_size * kernel_size)  # (B, C, Ho, Wo, k*k)
+    return win.reshape(*win.shape[:4], kernel_size * kernel_size), stride  # (B, C, Ho, Wo, k*k)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0):
     """Average of each k x k window (zero padding counted, like F.avg_pool2d's default).
 
-    x (B, C, H, W) -> (B, C, Ho, Wo); stride defaults to kernel_size.
+    x (B, C, H, W) -> (B, C, Ho, Wo); stride defaults to kernel_size. Empty batch in, empty out.
     """
-    return _pool_windows(x, kernel_size, stride, padding, 0.0).mean(-1)
+    return _pool_windows(x, kernel_size, stride, padding, 0.0)[0].mean(-1)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):
-    """Maximum of each k x k window (padding is -inf, never chosen).
+    """Maximum of each k x k window; padding is -inf, so it never wins a value.
 
-    x (B, C, H, W) -> (B, C, Ho, Wo); the gradient flows to the window's arg-max only.
+    x (B, C, H, W) -> (B, C, Ho, Wo); empty batch in, empty out. The gradient flows to one
+    input per window, chosen as F.max_pool2d chooses it: the first maximum in raster order
+    among the window's real (unpadded) pixels. (A plain `.max(-1)` would hand the gradient
+    to a padded -inf when a window's real pixels are all -inf too: that gradient is lost.)
     """
-    return _pool_windows(x, kernel_size, stride, padding, float("-inf")).max(-1).values
+    win, stride = _pool_windows(x, kernel_size, stride, padding, float("-inf"))  # (B, C, Ho, Wo, k*k)
+    H, W = x.shape[2:]
+    real = torch.ones(1, 1, H, W, device=x.device)
+    real = _pool_windows(real, kernel_size, stride, padding, 0.0)[0] > 0  # (1, 1, Ho, Wo, k*k): not padding
+    top = win.amax(-1, keepdim=True)  # (B, C, Ho, Wo, 1); NaN if the window holds one
+    hit = ((win == top) | win.isnan()) & real  # candidates: maxima (or NaNs) on real pixels
+    idx = hit.to(torch.uint8).argmax(-1, keepdim=True)  # first candidate in raster order
+    return win.gather(-1, idx).squeeze(-1)  # (B, C, Ho, Wo); gather routes the gradient to idx
 
 
 class Conv2d(nn.Module):
@@ -132,12 +133,10 @@ class Conv2d(nn.Module):
     ):
         super().__init__()
         for name, v in dict(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size).items():
-            _check_int(name, v, 1)
-        _check_int("stride", stride, 1)
-        _check_int("padding", padding, 0)
-        self.stride, self.padding, self.impl = stride, padding, impl
-        if impl not in ("unfold", "torch"):
-            raise ValueError(f"expected impl 'unfold' or 'torch', got {impl!r}")
+            check_int(name, v, low=1)
+        check_int("stride", stride, low=1)
+        check_int("padding", padding, low=0)
+        self.stride, self.padding, self.impl = stride, padding, check_choice("impl", impl, ("unfold", "torch"))
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         if connections is None:
@@ -166,9 +165,7 @@ class Conv2d(nn.Module):
         """(B, in_channels, H, W) -> (B, out_channels, Ho, Wo)."""
         w = self.weight if self.mask is None else self.weight * self.mask  # (O, C, k, k)
         if self.impl == "torch":
-            _check_images(x)
-            if x.shape[1] != w.shape[1]:
-                raise ValueError(f"expected input with {w.shape[1]} channels, got {x.shape[1]}")
+            check_images("Conv2d input", x, channels=w.shape[1], nonempty=False)
             return F.conv2d(x, w, self.bias, self.stride, self.padding)
         return conv2d(x, w, self.bias, self.stride, self.padding)
 
@@ -197,16 +194,18 @@ class Subsampling(nn.Module):
     """The 1998 paper's S2/S4 layers (Sec. II-B): the 4 inputs of each 2x2 window are
     added, multiplied by one trainable coefficient per map, plus one trainable bias
     (2 parameters per map). The squashing function is applied by the network.
-    (B, C, H, W) -> (B, C, H/2, W/2).
+    (B, C, H, W) -> (B, C, H/2, W/2); C must equal `channels`; empty batch in, empty out.
     """
 
     def __init__(self, channels):
         super().__init__()
+        self.channels = check_int("channels", channels, low=1)
         self.coef = nn.Parameter(torch.full((channels,), 0.25))  # 0.25 * sum = plain average
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x):
         """beta * (sum of each 2x2 window) + b, per map."""
+        check_images("Subsampling input", x, channels=self.channels, min_size=2, nonempty=False)
         s = 4.0 * avg_pool2d(x, 2)  # (B, C, H/2, W/2): the sum of each window
         return s * self.coef[:, None, None] + self.bias[:, None, None]
 
@@ -233,9 +232,8 @@ class LeNet5(nn.Module):
 
     def __init__(self, num_classes=10, impl="unfold", c3_table=True, pool="trainable"):
         super().__init__()
-        if pool not in ("trainable", "avg", "max"):
-            raise ValueError(f"expected pool 'trainable', 'avg' or 'max', got {pool!r}")
-        _check_int("num_classes", num_classes, 2)
+        check_choice("pool", pool, ("trainable", "avg", "max"))
+        check_int("num_classes", num_classes, low=2)
 
         def sub(c):  # S2 / S4
             if pool == "trainable":
@@ -253,8 +251,7 @@ class LeNet5(nn.Module):
 
     def set_impl(self, impl):
         """Switch every convolution between this file's "unfold" and F.conv2d ("torch")."""
-        if impl not in ("unfold", "torch"):
-            raise ValueError(f"expected impl 'unfold' or 'torch', got {impl!r}")
+        check_choice("impl", impl, ("unfold", "torch"))
         for m in self.modules():
             if isinstance(m, Conv2d):
                 m.impl = impl
@@ -268,10 +265,10 @@ class LeNet5(nn.Module):
         )
 
     def forward(self, x):
-        """(B, 1, 28, 28) digits -> (B, num_classes) logits."""
-        if not torch.is_tensor(x) or x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28):
-            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-            raise ValueError(f"LeNet5 expects images of shape (B, 1, 28, 28), got {got}")
+        """(B, 1, 28, 28) digits -> (B, num_classes) logits; empty batch in, empty out."""
+        check_images("LeNet5", x, channels=1, nonempty=False)
+        if tuple(x.shape[2:]) != (28, 28):
+            raise ValueError(f"LeNet5 expects images of shape (B, 1, 28, 28), got {tuple(x.shape)}")
         h = self.act(self.s2(self.act(self.c1(x))))  # (B, 6, 14, 14)
         h = self.act(self.s4(self.act(self.c3(h))))  # (B, 16, 5, 5)
         h = self.act(self.c5(h)).flatten(1)  # (B, 120)
@@ -287,7 +284,7 @@ class MLP(nn.Module):
         super().__init__()
         sizes = [in_features, *hidden, num_classes]
         for s in sizes:
-            _check_int("layer size", s, 1)
+            check_int("layer size", s, low=1)
         self.in_features = in_features
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.act = ScaledTanh()
@@ -297,10 +294,14 @@ class MLP(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, x):
-        """(B, ...) with in_features values per example -> (B, num_classes) logits."""
-        if not torch.is_tensor(x) or x.dim() < 2 or x[0].numel() != self.in_features:
-            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-            raise ValueError(f"MLP expects (B, ...) with {self.in_features} features per example, got {got}")
+        """(B, ...) with in_features values per example -> (B, num_classes) logits.
+
+        An empty batch (B = 0) gives an empty (0, num_classes) result, as nn.Linear does.
+        """
+        check_tensor("MLP input", x, floating=True, nonempty=False)
+        if x.dim() < 2 or x.shape[1:].numel() != self.in_features:
+            raise ValueError(f"MLP expects (B, ...) with {self.in_features} features per example, "
+                             f"got shape {tuple(x.shape)}")
         h = x.flatten(1)  # (B, in_features)
         for layer in self.layers[:-1]:
             h = self.act(layer(h))
@@ -310,7 +311,7 @@ class MLP(nn.Module):
 def matched_hidden(n_params, in_features=784, num_classes=10):
     """Width h of a one-hidden-layer MLP whose (in+1)*h + (h+1)*classes parameters come
     closest to n_params."""
-    _check_int("n_params", n_params, 1)
+    check_int("n_params", n_params, low=1)
     return max(1, round((n_params - num_classes) / (in_features + 1 + num_classes)))
 
 
@@ -319,7 +320,7 @@ def translate(x, dx, dy):
 
     x (B, C, H, W); dx, dy int tensors (B,). Pixels pushed outside are lost.
     """
-    _check_images(x)
+    check_images("translate input", x, nonempty=False)
     B, C, H, W = x.shape
     if dx.shape != (B,) or dy.shape != (B,):
         raise ValueError(f"expected dx and dy of shape ({B},), got {tuple(dx.shape)} and {tuple(dy.shape)}")
@@ -338,7 +339,7 @@ def bench_conv(device="cpu", repeats=20, batch=64, in_channels=6, out_channels=1
     Returns {"unfold_ms", "conv2d_ms", "ratio", "name"} with medians over `repeats` runs;
     ratio = unfold_ms / conv2d_ms.
     """
-    _check_int("repeats", repeats, 1)
+    check_int("repeats", repeats, low=1)
     device = torch.device(device)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, in_channels, size, size, generator=g).to(device).requires_grad_()

@@ -4,6 +4,7 @@ import random
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 import common
@@ -254,6 +255,142 @@ def test_datasets():
     assert all((r == r[::-1]) == bool(t) for r, t in zip(X.tolist(), T.flatten().tolist()))
 
 
+# ---------------------------------------------------------------- parity with PyTorch on random shapes
+
+
+_TORCH_ACT = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU, "linear": nn.Identity}
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_tensor_mlp_matches_a_pytorch_twin_on_random_shapes(case):
+    """A few random depths, widths, batch sizes, dtypes and heads against nn.Linear + autograd."""
+    g = torch.Generator().manual_seed(100 + case)
+    pick = lambda n: int(torch.randint(0, n, (1,), generator=g))  # noqa: E731
+    dtype = (torch.float32, torch.float64)[pick(2)]
+    act, out = dnn.ACTIVATIONS[pick(4)], ("sigmoid", "softmax")[pick(2)]
+    sizes = [1 + pick(9) for _ in range(2 + pick(3))]  # 1 to 3 weight layers, widths 1-9
+    batch, reduction = 1 + pick(8), ("sum", "mean")[pick(2)]
+    net = dnn.TensorMLP(sizes, act=act, out=out, seed=case, dtype=dtype)
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        lin = nn.Linear(n_in, n_out, dtype=dtype)
+        with torch.no_grad():
+            lin.weight.copy_(net.params[2 * i])
+            lin.bias.copy_(net.params[2 * i + 1])
+        layers += [lin, _TORCH_ACT[act]()] if i < len(sizes) - 2 else [lin]
+    twin = nn.Sequential(*layers)
+    x = torch.randn(batch, sizes[0], generator=g, dtype=dtype)
+    if out == "sigmoid":
+        target = torch.rand(batch, sizes[-1], generator=g, dtype=dtype)
+        y_ref = torch.sigmoid(twin(x))
+        ref = F.mse_loss(y_ref, target, reduction="sum") / 2 / (batch if reduction == "mean" else 1)
+    else:
+        target = torch.randint(0, sizes[-1], (batch,), generator=g)
+        logits = twin(x)
+        y_ref, ref = torch.softmax(logits, 1), F.cross_entropy(logits, target, reduction=reduction)
+    loss, y, grads = net.loss_and_grads(x, target, reduction=reduction)
+    ref_grads = [t for lin in twin if isinstance(lin, nn.Linear)
+                 for t in torch.autograd.grad(ref, [lin.weight, lin.bias], retain_graph=True)]
+    tol = TOL[dtype] * 10
+    assert (y - y_ref).abs().max().item() <= tol
+    assert abs(loss.item() - ref.item()) <= tol * max(1.0, abs(ref.item()))
+    for a, b in zip(grads, ref_grads):
+        assert a.shape == b.shape and (a - b).abs().max().item() <= tol
+
+
+# ---------------------------------------------------------------- hardening (issue 7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_softmax_loss_is_finite_when_logits_are_far_apart(dtype):
+    """Logits 60 and -60: softmax gives exp(-120), which is 0 in float32; the loss must still be 120."""
+    net = dnn.TensorMLP([1, 2], out="softmax", dtype=dtype)
+    net.set_weights([(torch.tensor([[60.0], [-60.0]], dtype=dtype), torch.zeros(2, dtype=dtype))])
+    x, target = torch.ones(2, 1, dtype=dtype), torch.tensor([1, 0])
+    logits = torch.tensor([[60.0, -60.0]] * 2, dtype=dtype)
+    for reduction in ("sum", "mean"):
+        loss, _, grads = net.loss_and_grads(x, target, reduction=reduction)
+        ref = F.cross_entropy(logits, target, reduction=reduction)
+        assert torch.isfinite(loss) and abs(loss.item() - ref.item()) <= TOL[dtype] * ref.item()
+        assert all(torch.isfinite(g).all() for g in grads)
+    assert net.loss(logits, target, "sum").item() == pytest.approx(120.0, rel=1e-6)
+    big = torch.tensor([[1e4, -1e4, 0.0]], dtype=dtype)  # far beyond exp's float range
+    loss3 = dnn.TensorMLP([1, 3], out="softmax", dtype=dtype).loss(big, torch.tensor([2]), "sum")
+    assert loss3.item() == pytest.approx(F.cross_entropy(big, torch.tensor([2])).item())
+
+
+def test_class_targets_are_checked_before_they_index():
+    net = dnn.TensorMLP([4, 3], out="softmax")
+    x = torch.zeros(2, 4)
+    for bad in (torch.tensor([0, 3]), torch.tensor([-1, 0])):
+        with pytest.raises(ValueError, match=r"must lie in \[0, 3\)"):
+            net.loss_and_grads(x, bad)
+        acts = net.forward(x)
+        with pytest.raises(ValueError, match=r"must lie in \[0, 3\)"):
+            net.backward(acts, bad)
+        with pytest.raises(ValueError, match=r"must lie in \[0, 3\)"):
+            net.loss(torch.zeros(2, 3), bad)
+    with pytest.raises(ValueError, match="must hold integers"):
+        net.loss_and_grads(x, torch.zeros(2))
+    with pytest.raises(ValueError, match="must hold 2 labels"):
+        net.loss_and_grads(x, torch.tensor([0, 1, 2]))
+    # any integer dtype is read as class indices (a uint8 index tensor would otherwise act as a mask)
+    ref = net.loss_and_grads(x, torch.tensor([2, 0]))
+    for dt in (torch.int32, torch.uint8):
+        got = net.loss_and_grads(x, torch.tensor([2, 0], dtype=dt))
+        assert torch.equal(got[0], ref[0]) and all(torch.equal(a, b) for a, b in zip(got[2], ref[2]))
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, -0.3, float("nan"), float("inf"), "0.3"])
+def test_init_range_must_be_a_positive_number(bad):
+    with pytest.raises(ValueError, match="init_range"):
+        dnn.TensorMLP([2, 2, 1], init_range=bad)
+    with pytest.raises(ValueError, match="init_range"):
+        dnn.MLP(2, [2, 1], init_range=bad)
+
+
+def test_reduction_must_be_sum_or_mean_everywhere():
+    net = dnn.TensorMLP([4, 3, 2])
+    x, t = torch.zeros(2, 4), torch.zeros(2, 2)
+    acts = net.forward(x)
+    with pytest.raises(ValueError, match="reduction must be one of 'sum', 'mean'; got 'avg'"):
+        net.backward(acts, t, reduction="avg")
+    with pytest.raises(ValueError, match="reduction"):
+        net.loss(torch.zeros(2, 2), t, reduction="avg")
+    with pytest.raises(ValueError, match="reduction"):
+        net.loss_and_grads(x, t, reduction="max")
+    with pytest.raises(ValueError, match="list of 3 activations"):
+        net.backward(acts[:2], t)
+
+
+def test_delta_rule_needs_one_grad_per_parameter():
+    opt = dnn.DeltaRule(eta=0.1)
+    p = [torch.zeros(2), torch.zeros(3)]
+    with pytest.raises(ValueError, match=r"equal length, got lengths \[2, 1\]"):
+        opt.step(p, [torch.ones(2)])
+    with pytest.raises(ValueError, match="equal length"):
+        opt.step([Value(1.0)], [1.0, 2.0])
+    opt.step(p, [torch.ones(2), torch.ones(3)])
+    with pytest.raises(ValueError, match="earlier steps had 2"):
+        opt.step(p[:1], [torch.ones(2)])
+    assert torch.equal(p[0], torch.full((2,), -0.1))  # the failed calls changed nothing
+
+
+def test_empty_batches_raise_a_clear_error():
+    net = dnn.TensorMLP([4, 3, 2], out="softmax")
+    empty = torch.zeros(0, 4)
+    with pytest.raises(ValueError, match="empty batch"):
+        net(empty)
+    with pytest.raises(ValueError, match="empty batch"):
+        net.loss_and_grads(empty, torch.zeros(0, dtype=torch.int64), reduction="mean")
+    with pytest.raises(ValueError, match="empty batch"):
+        net.loss(torch.zeros(0, 2), torch.zeros(0, dtype=torch.int64))
+    with pytest.raises(ValueError, match="empty set of patterns"):
+        dnn.MLP(4, [2]).loss_and_grads(torch.zeros(0, 4), torch.zeros(0, 2))
+    with pytest.raises(ValueError, match="empty"):
+        dnn.train_patterns(dnn.MLP(4, [2]), torch.zeros(0, 4), torch.zeros(0, 2), 0.1, 0.9, max_sweeps=3)
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -270,14 +407,16 @@ def test_bad_inputs_raise_clear_errors():
         Value(0.0) ** -1
     with pytest.raises(ValueError, match="expects 2 inputs, got 3"):
         dnn.MLP(2, [2, 1])([1.0, 2.0, 3.0])
-    with pytest.raises(ValueError, match="positive ints"):
+    with pytest.raises(ValueError, match=r"sizes\[1\] must be an int >= 1, got 0"):
         dnn.MLP(2, [2, 0])
-    with pytest.raises(ValueError, match="positive ints"):
+    with pytest.raises(ValueError, match="n_in must be an int >= 1"):
         dnn.MLP(0, [1])
-    with pytest.raises(ValueError, match="positive ints"):
+    with pytest.raises(ValueError, match="at least 1 layer size"):
         dnn.MLP(2, [])
     with pytest.raises(ValueError, match="activation must be one of"):
         dnn.MLP(2, [1], act="gelu")
+    with pytest.raises(ValueError, match="activation must be one of"):
+        dnn.Neuron(2, act="gelu")
     with pytest.raises(ValueError, match="one hidden layer"):
         dnn.MLP(2, [2, 2, 1], bypass=True)
     with pytest.raises(ValueError, match=r"T of shape \(4, 1\)"):
@@ -285,31 +424,45 @@ def test_bad_inputs_raise_clear_errors():
     net = dnn.TensorMLP([4, 3, 2])
     with pytest.raises(ValueError, match=r"shape \(B, 4\), got \(5, 3\)"):
         net(torch.zeros(5, 3))
-    with pytest.raises(ValueError, match=r"shape \(B, 4\), got \(4,\)"):
+    with pytest.raises(ValueError, match=r"x must have rank 2, got shape \(4,\)"):
         net(torch.zeros(4))
+    with pytest.raises(ValueError, match="x must be floating point"):
+        net(torch.zeros(2, 4, dtype=torch.int64))
+    with pytest.raises(ValueError, match="x must be a tensor"):
+        net([[0.0] * 4])
     with pytest.raises(ValueError, match="dtype torch.float32, got torch.float64"):
         net(torch.zeros(2, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match="float target"):
         net.loss_and_grads(torch.zeros(2, 4), torch.zeros(2, 3))
-    with pytest.raises(ValueError, match="int64 class target"):
-        dnn.TensorMLP([4, 2], out="softmax").loss_and_grads(torch.zeros(2, 4), torch.zeros(2))
-    with pytest.raises(ValueError, match="reduction"):
-        net.loss_and_grads(torch.zeros(2, 4), torch.zeros(2, 2), reduction="max")
-    with pytest.raises(ValueError, match="positive ints"):
+    with pytest.raises(ValueError, match=r"z of shape \(B, 2\)"):
+        net.loss(torch.zeros(2, 3), torch.zeros(2, 2))
+    with pytest.raises(ValueError, match=r"sizes\[1\] must be an int >= 1, got -1"):
         dnn.TensorMLP([4, -1, 2])
-    with pytest.raises(ValueError, match="at least"):
+    with pytest.raises(ValueError, match="at least 2"):
         dnn.TensorMLP([4])
-    with pytest.raises(ValueError, match="out must be"):
+    with pytest.raises(ValueError, match="out must be one of"):
         dnn.TensorMLP([4, 2], out="tanh")
-    with pytest.raises(ValueError, match="dtype must be"):
+    with pytest.raises(ValueError, match="dtype must be one of"):
         dnn.TensorMLP([4, 2], dtype=torch.int64)
+    with pytest.raises(ValueError, match="seed must be an int"):
+        dnn.TensorMLP([4, 2], seed=0.5)
     with pytest.raises(ValueError, match="expected shapes"):
         net.set_weights([(torch.zeros(3, 4), torch.zeros(3))])
     with pytest.raises(ValueError, match="eta must be > 0"):
         dnn.DeltaRule(eta=0.0)
-    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match="eta must be finite"):
+        dnn.DeltaRule(eta=float("nan"))
+    with pytest.raises(ValueError, match="alpha must be < 1"):
         dnn.DeltaRule(eta=0.1, alpha=1.0)
-    with pytest.raises(ValueError, match="max_sweeps"):
+    with pytest.raises(ValueError, match="alpha must be >= 0"):
+        dnn.DeltaRule(eta=0.1, alpha=-0.1)
+    with pytest.raises(ValueError, match="max_sweeps must be an int >= 0"):
         dnn.train_patterns(net, torch.zeros(1, 4), torch.zeros(1, 2), 0.1, 0.9, max_sweeps=-1)
-    with pytest.raises(ValueError, match="n >= 2"):
+    with pytest.raises(ValueError, match="max_sweeps must be an int"):
+        dnn.train_patterns(net, torch.zeros(1, 4), torch.zeros(1, 2), 0.1, 0.9, max_sweeps=10.0)
+    with pytest.raises(ValueError, match="stop_tol must be >= 0"):
+        dnn.train_patterns(net, torch.zeros(1, 4), torch.zeros(1, 2), 0.1, 0.9, max_sweeps=1, stop_tol=-1)
+    with pytest.raises(ValueError, match="n must be an int >= 2"):
         dnn.mirror_symmetry(1)
+    with pytest.raises(ValueError, match="n must be an int >= 1"):
+        dnn.encoder(0)

@@ -8,7 +8,11 @@ Contents, in the paper's order:
 - :func:`augment`: flips, 90-degree turns and the elastic deformation of Sec. 3.1.
 - :func:`make_cells`: a generated cell-like data set (touching blobs, noise, blur, uneven
   light), with instance masks, standing in for the paper's microscopy images.
-- :func:`foreground_iou`, :func:`connected_components`, :func:`separated_fraction`: metrics.
+- :func:`foreground_iou`, :func:`connected_components`, :func:`seg_score`, :func:`separated_fraction`:
+  metrics, pixel-level (IoU) and object-level (a SEG-like matched-cell Jaccard index, as the ISBI cell
+  tracking challenge scores segmentations).
+
+Argument checks come from :mod:`common.checks`; an empty batch raises ``ValueError`` everywhere.
 """
 
 from __future__ import annotations
@@ -19,10 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
+from common.checks import check_float, check_images, check_int, check_probability, check_tensor
 
 
 def _double_conv(cin: int, cout: int, batch_norm: bool) -> nn.Sequential:
@@ -46,18 +47,17 @@ class UNet(nn.Module):
     ``num_classes`` scores per pixel. With ``skips=False`` nothing is concatenated: the same
     layers (half the input channels in each decoder block) see only the up-sampled features.
     ``dropout`` acts at the end of the contracting path, as in the paper; ``batch_norm`` is a
-    later addition (not in the paper), off by default. Input: float ``(B, in_channels, H, W)``
-    with H and W divisible by ``2**depth``; output: logits ``(B, num_classes, H, W)``.
+    later addition (not in the paper), off by default. Input: float ``(B, in_channels, H, W)``, B >= 1,
+    with H and W positive multiples of ``2**depth``; output: logits ``(B, num_classes, H, W)``.
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, depth: int = 4, base_width: int = 64,
                  skips: bool = True, dropout: float = 0.0, batch_norm: bool = False):
         super().__init__()
-        for name, v in (("in_channels", in_channels), ("num_classes", num_classes), ("depth", depth),
-                        ("base_width", base_width)):
-            _check(isinstance(v, int) and v >= 1, f"{name} must be an int >= 1, got {v!r}")
-        _check(num_classes >= 2, f"num_classes must be >= 2, got {num_classes}")
-        _check(0.0 <= dropout < 1.0, f"dropout must be in [0, 1), got {dropout}")
+        for name, v in (("in_channels", in_channels), ("depth", depth), ("base_width", base_width)):
+            check_int(name, v, low=1)
+        check_int("num_classes", num_classes, low=2)
+        check_probability("dropout", dropout)
         self.in_channels, self.depth, self.skips = in_channels, depth, skips
         widths = [base_width * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList(
@@ -79,13 +79,12 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_classes, H, W)`` for images ``(B, in_channels, H, W)``; ValueError on a wrong
-        rank, dtype, channel count, or a size not divisible by ``2**depth``."""
-        _check(x.dim() == 4, f"expected input of rank 4 (B, C, H, W), got shape {tuple(x.shape)}")
-        _check(x.is_floating_point(), f"expected a floating-point input, got {x.dtype}")
-        _check(x.shape[1] == self.in_channels, f"expected {self.in_channels} input channels, got {x.shape[1]}")
+        rank, dtype or channel count, an empty batch, or a size that is not a positive multiple of
+        ``2**depth`` (0x0 included)."""
         m = 2**self.depth
-        _check(x.shape[2] % m == 0 and x.shape[3] % m == 0,
-               f"H and W must be divisible by 2**depth = {m}, got {x.shape[2]}x{x.shape[3]}")
+        check_images("UNet", x, channels=self.in_channels, min_size=m)
+        if x.shape[2] % m or x.shape[3] % m:
+            raise ValueError(f"UNet: H and W must be divisible by 2**depth = {m}, got {x.shape[2]}x{x.shape[3]}")
         feats = []
         for block in self.down:  # contracting path
             x = block(x)  # (B, C_i, H_i, W_i)
@@ -100,11 +99,16 @@ class UNet(nn.Module):
 
 def class_weights(labels: torch.Tensor, num_classes: int = 2) -> torch.Tensor:
     """The class-balancing part w_c of Eq. 2, one weight per class ``(K,)``: inverse class
-    frequency in ``labels``, scaled so the most frequent class gets 1 (absent classes get 1)."""
-    _check(labels.dtype == torch.int64, f"labels must be int64 class indices, got {labels.dtype}")
-    counts = torch.bincount(labels.flatten(), minlength=num_classes)[:num_classes].double()
-    _check(int(labels.max()) < num_classes and int(labels.min()) >= 0,
-           f"labels must lie in [0, {num_classes}), got [{int(labels.min())}, {int(labels.max())}]")
+    frequency in ``labels`` (integer class indices of any shape), scaled so the most frequent class
+    gets 1 (absent classes get 1). ValueError for no labels or labels outside ``[0, num_classes)``."""
+    check_int("num_classes", num_classes, low=1)
+    check_tensor("labels", labels, integer=True, nonempty=False)
+    if labels.numel() == 0:
+        raise ValueError(f"class_weights: labels is empty (shape {tuple(labels.shape)}); nothing to count")
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"class_weights: labels must lie in [0, {num_classes}), got values from {lo} to {hi}")
+    counts = torch.bincount(labels.flatten(), minlength=num_classes).double()  # (K,)
     w = counts.max() / counts.clamp(min=1)
     return torch.where(counts > 0, w, torch.ones_like(w)).float()
 
@@ -118,13 +122,19 @@ def border_weight_map(instances: torch.Tensor, w0: float = 10.0, sigma: float = 
     cell), found by brute force against each cell's boundary pixels (the nearest pixel of a set
     seen from outside it always lies on its boundary). With fewer than two cells d2 is infinite
     and the border term vanishes. ``class_weight`` ``(2,)`` gives w_c for background/foreground
-    (default: ones). Returns float32 ``(B, H, W)``, so w >= w_c everywhere.
+    (default: ones; any other length is a ValueError). Returns float32 ``(B, H, W)``, so w >= w_c
+    everywhere.
     """
-    _check(instances.dim() == 3 and instances.dtype == torch.int64,
-           f"instances must be int64 (B, H, W), got {instances.dtype} {tuple(instances.shape)}")
-    _check(w0 >= 0 and sigma > 0, f"need w0 >= 0 and sigma > 0, got w0={w0}, sigma={sigma}")
+    check_tensor("instances", instances, dim=3, integer=True)
+    if instances.numel() and int(instances.min()) < 0:
+        raise ValueError(f"instances must be >= 0 (0 = background, k > 0 = cell k), got {int(instances.min())}")
+    check_float("w0", w0, low=0.0)
+    check_float("sigma", sigma, low=0.0, low_open=True)
+    if class_weight is not None and (not isinstance(class_weight, torch.Tensor) or class_weight.shape != (2,)):
+        got = tuple(class_weight.shape) if isinstance(class_weight, torch.Tensor) else type(class_weight).__name__
+        raise ValueError(f"class_weight must be a tensor of shape (2,) (background, foreground), got {got}")
     B, H, W = instances.shape
-    wc = torch.ones(2) if class_weight is None else class_weight.float()
+    wc = torch.ones(2) if class_weight is None else class_weight.float().cpu()
     out = wc[(instances > 0).long()].clone()  # (B, H, W) the w_c(x) term
     yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
     coords = torch.stack([yy.flatten(), xx.flatten()], 1).float()  # (HW, 2)
@@ -151,13 +161,17 @@ def border_weight_map(instances: torch.Tensor, w0: float = 10.0, sigma: float = 
 def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 1: the energy E = -sum_x w(x) log p_{l(x)}(x), with the pixel-wise soft-max
     p_k(x) = exp(a_k(x)) / sum_k' exp(a_k'(x)), averaged over the B*H*W pixels (so with w = 1
-    it equals ``F.cross_entropy``). logits ``(B, K, H, W)``, target int64 ``(B, H, W)``,
-    weight ``(B, H, W)`` or None."""
-    _check(logits.dim() == 4, f"logits must be (B, K, H, W), got shape {tuple(logits.shape)}")
-    _check(target.dtype == torch.int64 and target.shape == logits.shape[:1] + logits.shape[2:],
-           f"target must be int64 {tuple(logits.shape[:1] + logits.shape[2:])}, got {target.dtype} {tuple(target.shape)}")
-    _check(weight is None or weight.shape == target.shape,
-           f"weight must have shape {tuple(target.shape)}, got {None if weight is None else tuple(weight.shape)}")
+    it equals ``F.cross_entropy``). logits ``(B, K, H, W)``, target int64 ``(B, H, W)`` with classes in
+    ``[0, K)`` (ValueError otherwise: one host sync per call), weight ``(B, H, W)`` or None."""
+    check_tensor("logits", logits, dim=4, floating=True)
+    want = tuple(logits.shape[:1] + logits.shape[2:])
+    if target.dtype != torch.int64 or tuple(target.shape) != want:
+        raise ValueError(f"target must be int64 {want}, got {target.dtype} {tuple(target.shape)}")
+    K = logits.shape[1]
+    if not bool(((target >= 0) & (target < K)).all()):
+        raise ValueError(f"target classes must lie in [0, {K}), got values from {int(target.min())} to {int(target.max())}")
+    if weight is not None and tuple(weight.shape) != want:
+        raise ValueError(f"weight must have shape {want}, got {tuple(weight.shape)}")
     nll = -F.log_softmax(logits, 1).gather(1, target.unsqueeze(1)).squeeze(1)  # (B, H, W)
     return nll.mean() if weight is None else (weight * nll).mean()
 
@@ -167,13 +181,19 @@ def augment(image: torch.Tensor, *maps: torch.Tensor, elastic_std: float = 2.0, 
     """Sec. 3.1 augmentation, a fresh draw per sample: random flips, 90-degree turns, and an
     elastic deformation from random displacements on a coarse ``grid x grid`` grid (std
     ``elastic_std`` pixels; paper: 3x3, 10 px on 572 px tiles) interpolated bicubically.
-    ``image`` float ``(B, C, H, W)`` is resampled bicubically; each of ``maps`` ``(B, H, W)``
-    (labels, weights) by nearest neighbour, so labels stay labels. Returns (image, *maps)."""
-    _check(image.dim() == 4 and image.is_floating_point(), f"image must be float (B, C, H, W), got {image.dtype} {tuple(image.shape)}")
+    ``image`` float ``(B, C, H, W)``, B >= 1, square and at least 2x2, is resampled bicubically; each
+    of ``maps`` ``(B, H, W)`` (labels, weights) by nearest neighbour, so labels stay labels. ``grid``
+    >= 1 (1: a random shift), ``elastic_std`` >= 0 (0: no deformation). Returns (image, *maps)."""
+    check_images("augment", image, min_size=2)
+    check_float("elastic_std", elastic_std, low=0.0)
+    check_int("grid", grid, low=1)
     B, _, H, W = image.shape
-    _check(H == W, f"90-degree turns need square images, got {H}x{W}")
+    if H != W:
+        raise ValueError(f"augment: 90-degree turns need square images, got {H}x{W}")
     for m in maps:
-        _check(m.shape == (B, H, W), f"each map must have shape {(B, H, W)}, got {tuple(m.shape)}")
+        if not isinstance(m, torch.Tensor) or tuple(m.shape) != (B, H, W):
+            raise ValueError(f"augment: each map must have shape {(B, H, W)}, got "
+                             f"{tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__}")
     g = dict(generator=generator, device="cpu")
     stack = torch.cat([image] + [m.unsqueeze(1).to(image.dtype) for m in maps], 1)  # (B, C+M, H, W)
     flip, turns = torch.rand(B, **g) < 0.5, torch.randint(0, 4, (B,), **g)
@@ -203,9 +223,12 @@ def make_cells(n: int, size: int = 64, seed: int = 0, cells: tuple[int, int] = (
     Deterministic for a given ``seed``. Returns images float32 ``(n, 1, size, size)``,
     labels int64 ``(n, size, size)`` in {0, 1}, instances int64 ``(n, size, size)`` (0 =
     background, cells numbered from 1)."""
-    _check(isinstance(n, int) and n >= 1 and isinstance(size, int) and size >= 8,
-           f"need n >= 1 and size >= 8, got n={n!r}, size={size!r}")
-    _check(1 <= cells[0] <= cells[1], f"cells must be (min, max) with 1 <= min <= max, got {cells}")
+    check_int("n", n, low=1)
+    check_int("size", size, low=8)
+    if len(cells) != 2 or not 1 <= check_int("cells[0]", cells[0]) <= check_int("cells[1]", cells[1]):
+        raise ValueError(f"cells must be (min, max) with 1 <= min <= max, got {cells}")
+    check_probability("touch", touch, allow_one=True)
+    check_float("noise", noise, low=0.0)
     g = torch.Generator().manual_seed(seed)
     u = lambda lo, hi, k=1: lo + (hi - lo) * torch.rand(k, generator=g)  # noqa: E731
     yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
@@ -253,10 +276,17 @@ def make_cells(n: int, size: int = 64, seed: int = 0, cells: tuple[int, int] = (
     return torch.stack(images).float(), (inst > 0).long(), inst
 
 
+def _pair(name: str, a: torch.Tensor, b: torch.Tensor) -> None:
+    check_tensor(f"{name}: first map", a, dim=3, integer=True)
+    check_tensor(f"{name}: second map", b, dim=3, integer=True)
+    if a.shape != b.shape:
+        raise ValueError(f"{name}: need two (B, H, W) maps of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
 def foreground_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Intersection over union of the foreground (label 1), per image ``(B,)``, from int
     label maps ``(B, H, W)``; an image with an empty union scores 1."""
-    _check(pred.shape == target.shape and pred.dim() == 3, f"need two (B, H, W) maps, got {tuple(pred.shape)} and {tuple(target.shape)}")
+    _pair("foreground_iou", pred, target)
     p, t = pred == 1, target == 1
     inter, union = (p & t).sum((1, 2)).float(), (p | t).sum((1, 2)).float()
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
@@ -266,9 +296,11 @@ def connected_components(mask: torch.Tensor) -> torch.Tensor:
     """4-connected components of a boolean ``(B, H, W)`` mask by label propagation (each pixel
     takes the largest label among its 4-neighbours until nothing changes). Returns int64
     ``(B, H, W)``: 0 off the mask, one distinct positive id per component."""
-    _check(mask.dim() == 3 and mask.dtype == torch.bool, f"mask must be bool (B, H, W), got {mask.dtype} {tuple(mask.shape)}")
+    check_tensor("mask", mask, dim=3)
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be bool (B, H, W), got {mask.dtype}")
     B, H, W = mask.shape
-    lab = torch.arange(1, H * W + 1, dtype=torch.float32).view(1, 1, H, W).expand(B, 1, H, W) * mask[:, None]
+    lab = torch.arange(1, H * W + 1, dtype=torch.float32, device=mask.device).view(1, 1, H, W).expand(B, 1, H, W) * mask[:, None]
     while True:
         new = torch.maximum(F.max_pool2d(lab, (3, 1), 1, (1, 0)), F.max_pool2d(lab, (1, 3), 1, (0, 1))) * mask[:, None]
         if torch.equal(new, lab):
@@ -276,18 +308,50 @@ def connected_components(mask: torch.Tensor) -> torch.Tensor:
         lab = new
 
 
-def separated_fraction(pred: torch.Tensor, instances: torch.Tensor, threshold: float = 0.5) -> float:
-    """Fraction of true cells ``instances`` (B, H, W) matched by one connected component of the
-    predicted foreground ``pred`` (B, H, W) with IoU > ``threshold``: cells merged with a
-    neighbour, split or missed do not count. Measures the separation of touching cells."""
-    comps = connected_components(pred == 1)
-    found = total = 0
-    for c, t in zip(comps, instances):
+def _overlaps(pred: torch.Tensor, truth: torch.Tensor):
+    """For each image of two instance maps ``(B, H, W)`` (0 = background): the pixel counts
+    ``(n_true, n_pred)`` of each true cell's overlap with each predicted object, the true cells'
+    sizes ``(n_true,)`` and the predicted objects' sizes ``(n_pred,)``."""
+    for c, t in zip(pred, truth):
         cids, ci = torch.unique(c, return_inverse=True)
         tids, ti = torch.unique(t, return_inverse=True)
         nc, nt = len(cids), len(tids)
-        inter = torch.bincount((ti * nc + ci).flatten(), minlength=nt * nc).view(nt, nc).float()
-        iou = inter / (inter.sum(1, keepdim=True) + inter.sum(0, keepdim=True) - inter)  # (nt, nc)
-        found += int((iou[tids > 0][:, cids > 0] > threshold).any(1).sum())
-        total += int((tids > 0).sum())
+        inter = torch.bincount((ti * nc + ci).flatten(), minlength=nt * nc).view(nt, nc).float()  # with background
+        yield inter[tids > 0][:, cids > 0], inter.sum(1)[tids > 0], inter.sum(0)[cids > 0]
+
+
+def seg_score(pred: torch.Tensor, instances: torch.Tensor) -> float:
+    """An object-level score after the ISBI cell tracking challenge's SEG measure: each true cell R of
+    ``instances`` (int ``(B, H, W)``, 0 = background, k > 0 = cell k) is matched with the predicted
+    object S of ``pred`` (int ``(B, H, W)``, same convention; e.g. ``connected_components`` of a
+    predicted foreground) that covers more than half of it, |R & S| > |R| / 2 (at most one can),
+    and scores the Jaccard index |R & S| / |R | S|, or 0 when no object covers half of it. Returns the
+    mean over all true cells of the batch. Merged neighbours, split, missed or bloated cells all
+    lower it; extra predicted objects do not. ValueError when ``instances`` holds no cell."""
+    _pair("seg_score", pred, instances)
+    scores = []
+    for inter, size_t, size_p in _overlaps(pred, instances):
+        if inter.shape[1] == 0:
+            scores.append(torch.zeros_like(size_t))  # no predicted object: every cell scores 0
+            continue
+        best, j = inter.max(1)  # (n_true,) the object covering most of each true cell
+        jac = best / (size_t + size_p[j] - best)
+        scores.append(torch.where(best > size_t / 2, jac, torch.zeros_like(jac)))
+    scores = torch.cat(scores)
+    if scores.numel() == 0:
+        raise ValueError("seg_score: instances holds no cells (all background); the score is undefined")
+    return scores.mean().item()
+
+
+def separated_fraction(pred: torch.Tensor, instances: torch.Tensor, threshold: float = 0.5) -> float:
+    """Fraction of true cells ``instances`` (B, H, W) matched by one connected component of the
+    predicted foreground ``pred`` (label map, B, H, W) with IoU > ``threshold``: cells merged with a
+    neighbour, split or missed do not count. Measures the separation of touching cells."""
+    _pair("separated_fraction", pred, instances)
+    check_float("threshold", threshold, 0.0, 1.0)
+    found = total = 0
+    for inter, size_t, size_p in _overlaps(connected_components(pred == 1), instances):
+        iou = inter / (size_t[:, None] + size_p[None, :] - inter)  # (n_true, n_pred)
+        found += int((iou > threshold).any(1).sum())
+        total += len(size_t)
     return found / max(total, 1)

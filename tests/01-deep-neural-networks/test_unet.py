@@ -60,9 +60,12 @@ def test_init_follows_paper_std():
 
 @pytest.mark.parametrize("shape,match", [((1, 1, 12, 16), "divisible by 2\\*\\*depth = 8"),
                                          ((1, 1, 16, 20), "divisible"),
-                                         ((1, 2, 16, 16), "expected 1 input channels, got 2"),
-                                         ((1, 16, 16), "rank 4"),
-                                         ((2, 1, 1, 16, 16), "rank 4")])
+                                         ((1, 2, 16, 16), "expects 1 input channels, got 2"),
+                                         ((1, 16, 16), "expects images"),
+                                         ((2, 1, 1, 16, 16), "expects images"),
+                                         ((0, 1, 16, 16), "empty batch"),
+                                         ((1, 1, 0, 0), "at least 8x8"),
+                                         ((1, 1, 16, 0), "at least 8x8")])
 def test_bad_inputs_raise(shape, match):
     net = unet.UNet(1, 2, depth=3, base_width=2)
     with pytest.raises(ValueError, match=match):
@@ -70,13 +73,13 @@ def test_bad_inputs_raise(shape, match):
 
 
 def test_integer_input_raises():
-    with pytest.raises(ValueError, match="floating-point"):
+    with pytest.raises(ValueError, match="floating point"):
         unet.UNet(1, 2, depth=1, base_width=2)(torch.zeros(1, 1, 4, 4, dtype=torch.long))
 
 
 @pytest.mark.parametrize("kwargs,match", [(dict(depth=0), "depth"), (dict(base_width=0), "base_width"),
                                           (dict(num_classes=1), "num_classes"), (dict(dropout=1.0), "dropout"),
-                                          (dict(in_channels=1.5), "in_channels")])
+                                          (dict(in_channels=1.5), "in_channels"), (dict(dropout=-0.1), "dropout")])
 def test_bad_hyperparameters_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         unet.UNet(**kwargs)
@@ -109,8 +112,32 @@ def test_weighted_cross_entropy_bad_inputs():
         unet.weighted_cross_entropy(logits, torch.zeros(2, 4, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="weight must have shape"):
         unet.weighted_cross_entropy(logits, torch.zeros(2, 4, 4, dtype=torch.long), torch.ones(2, 4))
-    with pytest.raises(ValueError, match="logits must be"):
+    with pytest.raises(ValueError, match="logits must have rank 4"):
         unet.weighted_cross_entropy(torch.zeros(2, 2, 4), torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="empty batch"):
+        unet.weighted_cross_entropy(torch.zeros(0, 2, 4, 4), torch.zeros(0, 4, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("bad", [2, 5, -1])
+def test_weighted_cross_entropy_out_of_range_target_raises(bad):
+    target = torch.zeros(2, 4, 4, dtype=torch.long)
+    target[1, 2, 3] = bad  # two classes: only 0 and 1 are valid (was a gather error, or silent for -1)
+    with pytest.raises(ValueError, match=r"target classes must lie in \[0, 2\)"):
+        unet.weighted_cross_entropy(torch.zeros(2, 2, 4, 4), target)
+
+
+def test_weighted_cross_entropy_random_shape_parity():
+    g = torch.Generator().manual_seed(11)
+    for _ in range(6):
+        B, K, H, W = (int(v) for v in torch.randint(1, 6, (4,), generator=g))
+        K += 1
+        dtype = (torch.float32, torch.float64)[int(torch.randint(0, 2, (1,), generator=g))]
+        logits = torch.randn(B, K, H, W, generator=g, dtype=dtype) * 5
+        target = torch.randint(0, K, (B, H, W), generator=g)
+        w = torch.rand(B, H, W, generator=g, dtype=dtype) * 3
+        ref = (F.cross_entropy(logits, target, reduction="none") * w).mean()
+        tol = 1e-5 if dtype == torch.float32 else 1e-10
+        assert abs(unet.weighted_cross_entropy(logits, target, w).item() - ref.item()) < tol, (B, K, H, W, dtype)
 
 
 def test_class_weights_balance_frequencies():
@@ -118,10 +145,20 @@ def test_class_weights_balance_frequencies():
     w = unet.class_weights(labels)
     assert torch.allclose(w, torch.tensor([1.0, 7.0]))
     assert torch.allclose(unet.class_weights(torch.zeros(3, 3, dtype=torch.long)), torch.ones(2))
-    with pytest.raises(ValueError, match="int64"):
+    # three classes, class 1 absent: 1 background, 3 of class 2 -> [3, 1 (absent), 1]
+    assert torch.allclose(unet.class_weights(torch.tensor([0, 2, 2, 2]), 3), torch.tensor([3.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="integers"):
         unet.class_weights(labels.float())
     with pytest.raises(ValueError, match="labels must lie"):
         unet.class_weights(labels * 2)
+
+
+@pytest.mark.parametrize("labels,match", [(torch.tensor([0, -1, 1]), r"from -1 to 1"),  # bincount's error before
+                                          (torch.zeros(0, dtype=torch.long), "empty"),  # max()'s error before
+                                          (torch.zeros(2, 0, 5, dtype=torch.long), "empty")])
+def test_class_weights_negative_or_empty_labels_raise(labels, match):
+    with pytest.raises(ValueError, match=match):
+        unet.class_weights(labels)
 
 
 def _two_cells(gap: int) -> torch.Tensor:
@@ -169,10 +206,21 @@ def test_weight_map_matches_brute_force_distances():
 
 
 def test_weight_map_bad_inputs():
-    with pytest.raises(ValueError, match="int64"):
+    with pytest.raises(ValueError, match="integers"):
         unet.border_weight_map(torch.zeros(1, 4, 4))
     with pytest.raises(ValueError, match="sigma"):
         unet.border_weight_map(torch.zeros(1, 4, 4, dtype=torch.long), sigma=0.0)
+    with pytest.raises(ValueError, match="w0"):
+        unet.border_weight_map(torch.zeros(1, 4, 4, dtype=torch.long), w0=-1.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        unet.border_weight_map(-torch.ones(1, 4, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("wc", [torch.ones(3), torch.ones(1), torch.ones(2, 1), [1.0, 2.0]])
+def test_weight_map_class_weight_of_wrong_length_raises(wc):
+    # length 3 was silently accepted (its last entry unused), length 1 gave an IndexError
+    with pytest.raises(ValueError, match=r"class_weight must be a tensor of shape \(2,\)"):
+        unet.border_weight_map(_two_cells(2), class_weight=wc)
 
 
 # ---------------------------------------------------------------- data and augmentation
@@ -201,8 +249,12 @@ def test_make_cells_separates_touching_cells_by_background():
 
 
 def test_make_cells_bad_arguments():
-    with pytest.raises(ValueError, match="n >= 1"):
+    with pytest.raises(ValueError, match="n must be an int >= 1"):
         unet.make_cells(0)
+    with pytest.raises(ValueError, match="size"):
+        unet.make_cells(1, 4)
+    with pytest.raises(ValueError, match="noise"):
+        unet.make_cells(1, 16, noise=-0.1)
     with pytest.raises(ValueError, match="cells must be"):
         unet.make_cells(1, 32, cells=(3, 2))
 
@@ -239,8 +291,29 @@ def test_augment_bad_inputs():
         unet.augment(torch.zeros(1, 1, 8, 16))
     with pytest.raises(ValueError, match="each map"):
         unet.augment(torch.zeros(2, 1, 8, 8), torch.zeros(2, 8, 7))
-    with pytest.raises(ValueError, match="float"):
+    with pytest.raises(ValueError, match="floating point"):
         unet.augment(torch.zeros(2, 1, 8, 8, dtype=torch.long))
+
+
+@pytest.mark.parametrize("image,kwargs,match", [
+    (torch.zeros(0, 1, 8, 8), {}, "empty batch"),  # crashed inside torch before
+    (torch.zeros(2, 1, 1, 1), {}, "at least 2x2"),  # gave NaN (division by W - 1 = 0)
+    (torch.zeros(2, 1, 8, 8), dict(grid=0), "grid must be an int >= 1"),
+    (torch.zeros(2, 1, 8, 8), dict(grid=-3), "grid must be an int >= 1"),
+    (torch.zeros(2, 1, 8, 8), dict(elastic_std=-1.0), "elastic_std must be >= 0"),  # was silently no warp
+    (torch.zeros(2, 1, 8, 8), dict(elastic_std=float("nan")), "elastic_std must be finite"),
+])
+def test_augment_bad_arguments_raise(image, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        unet.augment(image, **kwargs)
+
+
+def test_augment_two_pixel_image_and_one_point_grid_stay_finite():
+    x = torch.rand(3, 2, 2, 2)
+    xa, = unet.augment(x, elastic_std=1.0, generator=torch.Generator().manual_seed(0))
+    assert xa.shape == x.shape and torch.isfinite(xa).all()
+    xb, = unet.augment(torch.rand(3, 1, 8, 8), grid=1, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(xb).all()
 
 
 # ---------------------------------------------------------------- metrics
@@ -249,8 +322,10 @@ def test_foreground_iou_values():
     t = torch.tensor([[[1, 1, 0, 0]], [[0, 0, 0, 0]]])
     p = torch.tensor([[[1, 0, 1, 0]], [[0, 0, 0, 0]]])
     assert torch.allclose(unet.foreground_iou(p, t), torch.tensor([1 / 3, 1.0]))
-    with pytest.raises(ValueError, match="two"):
+    with pytest.raises(ValueError, match="rank 3"):
         unet.foreground_iou(p, t[0])
+    with pytest.raises(ValueError, match="one shape"):
+        unet.foreground_iou(p, t[:, :, :3])
 
 
 def test_connected_components_are_4_connected():
@@ -264,6 +339,48 @@ def test_connected_components_are_4_connected():
     assert len(c[0, 0:2, 0:2].unique()) == 1 and len(c[0, 4:6].unique()) == 1
     with pytest.raises(ValueError, match="bool"):
         unet.connected_components(m.long())
+    with pytest.raises(ValueError, match="empty batch"):
+        unet.connected_components(m[:0])
+
+
+def _cell_map(*boxes, shape=(1, 8, 12)):
+    """An instance map with rectangular cells: boxes (image, y0, y1, x0, x1, id)."""
+    m = torch.zeros(shape, dtype=torch.long)
+    for b, y0, y1, x0, x1, k in boxes:
+        m[b, y0:y1, x0:x1] = k
+    return m
+
+
+def test_seg_score_hand_made_cases():
+    truth = _cell_map((0, 1, 5, 1, 5, 1), (0, 1, 5, 7, 11, 2))  # two 4x4 cells (16 px), a 2-px gap at cols 5-6
+    assert unet.seg_score(truth, truth) == 1.0
+    assert unet.seg_score(truth * 5, truth) == 1.0  # ids need not agree, only the objects
+    # cell 1 found with 4 extra pixels (J = 16/20), cell 2 missed entirely (0)
+    assert unet.seg_score(_cell_map((0, 1, 5, 0, 5, 1)), truth) == pytest.approx((16 / 20 + 0) / 2)
+    # cell 1 covered by 9 of 16 px (> half: J = 9/16); cell 2 by exactly 8 of 16 (not > half: 0)
+    pred = _cell_map((0, 1, 5, 1, 3, 3), (0, 1, 2, 3, 4, 3), (0, 1, 3, 7, 11, 4))
+    assert unet.seg_score(pred, truth) == pytest.approx((9 / 16 + 0) / 2)
+    # both cells merged into one object with the gap filled: 40 px, each cell J = 16/40
+    merged = _cell_map((0, 1, 5, 1, 11, 1))
+    assert unet.seg_score(merged, truth) == pytest.approx(16 / 40)
+    # an extra predicted object elsewhere does not lower it
+    assert unet.seg_score(merged + _cell_map((0, 6, 8, 0, 2, 9)), truth) == pytest.approx(16 / 40)
+    # the mean runs over all cells of the batch: image 0 has two perfect cells, image 1 one missed cell
+    truth2 = _cell_map((0, 1, 5, 1, 5, 1), (0, 1, 5, 7, 11, 2), (1, 2, 4, 2, 4, 1), shape=(2, 8, 12))
+    pred2 = truth2.clone()
+    pred2[1] = 0
+    assert unet.seg_score(pred2, truth2) == pytest.approx(2 / 3)
+    assert unet.seg_score(unet.connected_components(merged > 0), truth) == pytest.approx(16 / 40)
+
+
+def test_seg_score_bad_inputs():
+    truth = _cell_map((0, 1, 5, 1, 5, 1))
+    with pytest.raises(ValueError, match="no cells"):
+        unet.seg_score(truth, torch.zeros_like(truth))
+    with pytest.raises(ValueError, match="one shape"):
+        unet.seg_score(truth[:, :4], truth)
+    with pytest.raises(ValueError, match="integers"):
+        unet.seg_score(truth.float(), truth)
 
 
 def test_separated_fraction_counts_merged_cells_as_failures():

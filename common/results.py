@@ -223,7 +223,7 @@ def render_scoreboard(root: Path = REPO_ROOT) -> str:
                 data_cell += f" (substitute for {run['substitute_for']})"
             measured = run.get("headline", "")
             n_seeds = len(run.get("seeds", []))
-            if n_seeds > 1:
+            if n_seeds > 1 and "seeds" not in measured:  # fmt_stats already names them
                 measured += f" ({n_seeds} seeds)"
             holds = "yes" if run["claim_holds"] else "**no**"
             secs = run.get("seconds")

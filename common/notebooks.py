@@ -34,7 +34,7 @@ def _failure_message(path: Path, nb, exc) -> tuple[str, str]:
     ename, evalue = getattr(exc, "ename", "") or "Error", getattr(exc, "evalue", "") or ""
     cell_no = next((i for i, c in enumerate(nb.cells, 1) if c.cell_type == "code"
                     and any(o.get("output_type") == "error" for o in c.get("outputs", []))), None)
-    where = f"code cell {cell_no}" if cell_no else "a cell"
+    where = f"cell {cell_no} (counting markdown cells too)" if cell_no else "a cell"
     summary = f"{path.name}: {where} failed with {ename}: {strip_ansi(str(evalue))}"
     return summary, f"{summary}\n\n--- full traceback ---\n{strip_ansi(str(exc))}"
 

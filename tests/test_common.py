@@ -677,7 +677,7 @@ def test_failing_notebook_names_the_error_plainly_first(tmp_path):
         run_notebook(tmp_path / "nb.ipynb", scale="smoke")
     first = str(info.value).split("\n", 1)[0]
     assert first == info.value.summary
-    assert "code cell 2" in first and "DataError: mnist: offline; set DLH_DATA or DLH_DATA_MIRROR" in first
+    assert "cell 2 (counting" in first and "DataError: mnist: offline; set DLH_DATA or DLH_DATA_MIRROR" in first
     assert "\x1b[" not in str(info.value) and "full traceback" in str(info.value)
 
 

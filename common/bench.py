@@ -121,6 +121,15 @@ def run_all() -> list[dict]:
         rows.append({"name": r.get("name", "conv2d forward+backward"), "ours": "unfold conv (cnn.py)",
                      "ours_s": r["unfold_ms"] / 1000, "theirs": "F.conv2d", "theirs_s": r["conv2d_ms"] / 1000,
                      "ratio": r["ratio"]})
+    try:
+        wd = topic("weight_decay")
+    except ValueError:
+        wd = None
+    if wd is not None and hasattr(wd, "bench_step"):
+        r = wd.bench_step(device=str(device()))
+        rows.append({"name": r.get("name", "decoupled-decay (AdamW) step"), "ours": "Adam(decoupled) (weight_decay.py)",
+                     "ours_s": r["ours_ms"] / 1000, "theirs": "AdamW foreach", "theirs_s": r["adamw_ms"] / 1000,
+                     "ratio": r["ratio"]})
     print(f"\n{'benchmark':48s} {'ours':>22s} {'baseline':>22s}  result")
     for r in rows:
         if "speedup" in r:

@@ -6,9 +6,8 @@ import argparse
 import json
 import sys
 
+from .results import GPU_NOTEBOOK
 from .runtime import REPO_ROOT, SCALES
-
-GPU_NOTEBOOK = "notes.gpu.ipynb"  # a gpu-scale run's executed notebook, kept beside the cpu-scale notes.ipynb
 
 
 def _cmd_run(args) -> int:

@@ -106,6 +106,7 @@ def source_sha256(folder: str | Path) -> str:
 
 
 PAPER_KEYS = ("source", "dataset", "summary", "values")
+GPU_NOTEBOOK = "notes.gpu.ipynb"  # a gpu-scale run's executed notebook, kept beside the cpu-scale notes.ipynb
 
 
 def record(*, claim: str, paper: dict, dataset: str, metrics: dict, claim_holds, seeds, headline: str,
@@ -227,7 +228,7 @@ def render_scoreboard(root: Path = REPO_ROOT) -> str:
                 measured += f" ({n_seeds} seeds)"
             holds = "yes" if run["claim_holds"] else "**no**"
             secs = run.get("seconds")
-            nb = "notes.gpu.ipynb" if s == "gpu" and (root / folder / "notes.gpu.ipynb").exists() else "notes.ipynb"
+            nb = GPU_NOTEBOOK if s == "gpu" and (root / folder / GPU_NOTEBOOK).exists() else "notes.ipynb"
             rows.append(f"| [{titles[folder]}]({folder}/{nb}) | {_cell(data['claim'])} | {_cell(pcell)} "
                         f"| {_cell(data_cell)} | {s} | {_cell(measured)} | {holds} "
                         f"| {'' if secs is None else f'{secs:.0f} s'} |")

@@ -109,28 +109,38 @@ def bench_fit(n: int = 60000, batch_size: int = 128, repeats: int = 10) -> dict:
             "theirs": "bare loop", "theirs_s": tb, "overhead_pct": 100 * (tf / tb - 1)}
 
 
-# Topic benchmarks: (module, function, its result -> a table row). Each function takes ``device``.
+# Topic benchmarks: (module, function, our label, baseline label[, our key, baseline key]). Each function
+# takes ``device`` and returns a dict with both times in milliseconds (keys default to "ours_ms" and
+# "theirs_ms"), "ratio" (ours / theirs) and optionally "name".
 _TOPIC_BENCHES = [
-    ("cnn", "bench_conv", lambda r: {
-        "name": r.get("name", "conv2d forward+backward"), "ours": "unfold conv (cnn.py)",
-        "ours_s": r["unfold_ms"] / 1000, "theirs": "F.conv2d", "theirs_s": r["conv2d_ms"] / 1000, "ratio": r["ratio"]}),
-    ("weight_decay", "bench_step", lambda r: {
-        "name": r.get("name", "decoupled-decay (AdamW) step"), "ours": "Adam(decoupled) (weight_decay.py)",
-        "ours_s": r["ours_ms"] / 1000, "theirs": "AdamW foreach", "theirs_s": r["adamw_ms"] / 1000,
-        "ratio": r["ratio"]}),
+    ("cnn", "bench_conv", "unfold conv (cnn.py)", "F.conv2d", "unfold_ms", "conv2d_ms"),
+    ("weight_decay", "bench_step", "Adam(decoupled) (weight_decay.py)", "AdamW foreach", "ours_ms", "adamw_ms"),
+    ("resnet", "bench_block", "BasicBlock (resnet.py)", "torchvision BasicBlock"),
+    ("dropout", "bench_dropout", "dropout (dropout.py)", "F.dropout"),
+    ("batchnorm", "bench_batchnorm", "BatchNorm (batchnorm.py)", "nn.BatchNorm2d"),
+    ("layernorm", "bench_layernorm", "LayerNorm (layernorm.py)", "nn.LayerNorm"),
+    ("gelu", "bench_gelu", "gelu (gelu.py)", "F.gelu"),
+    ("adam", "bench_adam_step", "Adam (adam.py)", "torch.optim.Adam"),
 ]
+
+
+def _topic_row(result: dict, module: str, fn: str, ours: str, theirs: str, ours_key: str = "ours_ms",
+               theirs_key: str = "theirs_ms") -> dict:
+    """A topic benchmark's result dict as a table row (times in seconds)."""
+    return {"name": result.get("name", f"{module}.{fn}"), "ours": ours, "ours_s": result[ours_key] / 1000,
+            "theirs": theirs, "theirs_s": result[theirs_key] / 1000, "ratio": result["ratio"]}
 
 
 def run_all() -> list[dict]:
     """Run every benchmark (topic rows too, when their modules exist) and print a table."""
     rows = [*bench_loader(), bench_fit()]
-    for module, fn, row in _TOPIC_BENCHES:
+    for module, fn, *labels in _TOPIC_BENCHES:
         try:
             mod = topic(module)
         except ValueError:  # planned, not built yet
             continue
         if hasattr(mod, fn):
-            rows.append(row(getattr(mod, fn)(device=str(device()))))
+            rows.append(_topic_row(getattr(mod, fn)(device=str(device())), module, fn, *labels))
     print(f"\n{'benchmark':48s} {'ours':>22s} {'baseline':>22s}  result")
     for r in rows:
         if "speedup" in r:

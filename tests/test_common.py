@@ -690,3 +690,17 @@ def test_bench_rows_report_batching_and_whole_epoch(monkeypatch):
     assert all(r["speedup"] > 0 and r["ours_s"] > 0 for r in rows)
     row = bench.bench_fit(n=512, batch_size=64, repeats=2)
     assert row["ours_s"] > 0 and row["theirs_s"] > 0 and "overhead_pct" in row
+
+
+def test_topic_bench_rows_convert_milliseconds_and_name_planned_modules():
+    from common import bench
+    from common.topics import TOPICS
+
+    modules = {t[1] for t in TOPICS}
+    assert all(entry[0] in modules for entry in bench._TOPIC_BENCHES)
+    row = bench._topic_row({"ours_ms": 30.0, "theirs_ms": 10.0, "ratio": 3.0}, "gelu", "bench_gelu", "ours", "F.gelu")
+    assert row == {"name": "gelu.bench_gelu", "ours": "ours", "ours_s": 0.03, "theirs": "F.gelu", "theirs_s": 0.01,
+                   "ratio": 3.0}
+    row = bench._topic_row({"unfold_ms": 2.0, "conv2d_ms": 1.0, "ratio": 2.0, "name": "conv"}, "cnn", "bench_conv",
+                           "a", "b", "unfold_ms", "conv2d_ms")
+    assert row["name"] == "conv" and row["ours_s"] == 0.002 and row["theirs_s"] == 0.001

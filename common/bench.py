@@ -109,6 +109,40 @@ def bench_fit(n: int = 60000, batch_size: int = 128, repeats: int = 10) -> dict:
             "theirs": "bare loop", "theirs_s": tb, "overhead_pct": 100 * (tf / tb - 1)}
 
 
+def time_optimizer_step(make_optimizer, shapes, device="cpu", repeats: int = 20, warmup: int = 3) -> float:
+    """Median milliseconds of one ``optimizer.step()`` over parameters of the given ``shapes``.
+
+    ``make_optimizer(params)`` builds the optimiser under test. Every call uses the same seeded random
+    gradients (zero parameters, gradients from ``torch.Generator().manual_seed(0)``), so optimisers
+    timed one after the other see identical work; ``warmup`` steps run first and are not counted.
+    On CUDA the device is synchronised around each step.
+    """
+    from .checks import check_int
+
+    check_int("repeats", repeats, low=1)
+    check_int("warmup", warmup, low=0)
+    dev = torch.device(device)
+    shapes = [tuple(check_int("size", d, low=1) for d in s) for s in shapes]
+    if not shapes:
+        raise ValueError("shapes must name at least one parameter shape, got none")
+    g = torch.Generator().manual_seed(0)
+    params = [torch.zeros(s, device=dev, requires_grad=True) for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g).to(dev)
+    opt = make_optimizer(params)
+    times = []
+    for i in range(repeats + warmup):
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return 1000.0 * statistics.median(times)
+
+
 # Topic benchmarks: (module, function, our label, baseline label[, our key, baseline key]). Each function
 # takes ``device`` and returns a dict with both times in milliseconds (keys default to "ours_ms" and
 # "theirs_ms"), "ratio" (ours / theirs) and optionally "name".

@@ -704,3 +704,22 @@ def test_topic_bench_rows_convert_milliseconds_and_name_planned_modules():
     row = bench._topic_row({"unfold_ms": 2.0, "conv2d_ms": 1.0, "ratio": 2.0, "name": "conv"}, "cnn", "bench_conv",
                            "a", "b", "unfold_ms", "conv2d_ms")
     assert row["name"] == "conv" and row["ours_s"] == 0.002 and row["theirs_s"] == 0.001
+
+
+def test_time_optimizer_step_times_each_optimizer_on_the_same_gradients():
+    from common import bench
+
+    seen = []
+
+    def make(params):
+        seen.append([p.grad.clone() for p in params])
+        return torch.optim.SGD(params, lr=0.1)
+
+    ms = bench.time_optimizer_step(make, [(3, 2), (2,)], repeats=2, warmup=1)
+    bench.time_optimizer_step(make, [(3, 2), (2,)], repeats=1)
+    assert ms > 0
+    assert all(torch.equal(a, b) for a, b in zip(*seen))
+    with pytest.raises(ValueError, match="repeats"):
+        bench.time_optimizer_step(make, [(3,)], repeats=0)
+    with pytest.raises(ValueError, match="at least one"):
+        bench.time_optimizer_step(make, [])

@@ -21,6 +21,8 @@ Contents:
 
 import torch
 
+from common import topic
+from common.bench import time_optimizer_step
 from common.checks import check_float, check_int, check_tensor
 
 
@@ -66,14 +68,13 @@ class SGD(torch.optim.Optimizer):
         return loss
 
 
-class Adam(torch.optim.Optimizer):
+class Adam(topic("adam").Adam):
     """Adam with L2 regularisation (``decoupled=False``) or decoupled weight decay (``decoupled=True``, AdamW).
 
-    With g = dE0/dw, t the step count, m and v the running moments:
+    The optimiser is 08-adam's ``adam.Adam`` (Kingma & Ba's Algorithm 1, verified there against
+    ``torch.optim.Adam``); this topic only makes decoupled decay the default. With g = dE0/dw:
       L2 (Adam + weight_decay):  g <- g + wd * w, then the Adam step on g;
-      decoupled (AdamW):         w <- w * (1 - lr * wd), then the Adam step on g alone;
-      Adam step: m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
-                 w <- w - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps).
+      decoupled (AdamW):         w <- w * (1 - lr * wd), then the Adam step on g alone.
     In the L2 form the decay term is divided by sqrt(v) like the gradient, so weights with large
     gradients are decayed less (Loshchilov & Hutter 2017, Sec. 2); the decoupled form shrinks every
     weight by the same factor. Matches ``torch.optim.Adam`` / ``torch.optim.AdamW`` (amsgrad off).
@@ -81,43 +82,7 @@ class Adam(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, decoupled: bool = True):
-        lr = check_float("lr", lr, low=0.0, low_open=True)
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        betas = tuple(check_float(f"betas[{i}]", b, low=0.0, high=1.0, high_open=True) for i, b in enumerate(betas))
-        eps = check_float("eps", eps, low=0.0, low_open=True)
-        weight_decay = _check_decay(weight_decay)
-        if not isinstance(decoupled, bool):
-            raise ValueError(f"decoupled must be a bool, got {decoupled!r}")
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decoupled=decoupled))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One Adam(W) update of every parameter that has a gradient; returns the closure's loss if given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            for w in group["params"]:
-                if w.grad is None:
-                    continue
-                g = w.grad
-                if group["decoupled"]:
-                    w.mul_(1 - lr * wd)  # decay outside the adaptive step
-                else:
-                    g = g + wd * w  # L2: the decay joins the gradient and is rescaled with it
-                state = self.state[w]
-                if not state:
-                    state["t"], state["m"], state["v"] = 0, torch.zeros_like(w), torch.zeros_like(w)
-                state["t"] += 1
-                t, m, v = state["t"], state["m"], state["v"]
-                m.mul_(b1).add_((1 - b1) * g)
-                v.mul_(b2).add_((1 - b2) * g * g)
-                denom = (v / (1 - b2 ** t)).sqrt() + eps
-                w.sub_(lr / (1 - b1 ** t) * m / denom)
-        return loss
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decoupled=decoupled)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,33 +188,9 @@ def bench_step(repeats: int = 20, sizes=((784, 512), (512,), (512, 512), (512,),
     Ours loops over the tensors in Python and allocates temporaries per tensor; PyTorch's foreach
     path updates all tensors with a handful of fused multi-tensor kernels.
     """
-    import time
-
-    check_int("repeats", repeats, low=1)
-    device = torch.device(device)
-    g = torch.Generator().manual_seed(0)
-    shapes = [tuple(s) for s in sizes]
-    grads = [torch.randn(s, generator=g).to(device) for s in shapes]
-
-    def timed(make_opt):
-        params = [torch.zeros(s, device=device, requires_grad=True) for s in shapes]
-        for p, gr in zip(params, grads):
-            p.grad = gr.clone()
-        opt = make_opt(params)
-        times = []
-        for i in range(repeats + 3):  # 3 warm-up steps
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t = time.perf_counter()
-            opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i >= 3:
-                times.append(time.perf_counter() - t)
-        return 1000.0 * sorted(times)[len(times) // 2]
-
-    ours = timed(lambda ps: Adam(ps, lr=1e-3, weight_decay=1e-2))
-    theirs = timed(lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=1e-2, foreach=True))
-    n = sum(torch.Size(s).numel() for s in shapes)
+    ours = time_optimizer_step(lambda ps: Adam(ps, lr=1e-3, weight_decay=1e-2), sizes, device, repeats)
+    theirs = time_optimizer_step(lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=1e-2, foreach=True),
+                                 sizes, device, repeats)
+    n = sum(torch.Size(s).numel() for s in sizes)
     return {"ours_ms": ours, "adamw_ms": theirs, "ratio": ours / theirs,
-            "name": f"AdamW step, {len(shapes)} tensors, {n:,} parameters"}
+            "name": f"AdamW step, {len(sizes)} tensors, {n:,} parameters"}

@@ -149,7 +149,7 @@ def time_optimizer_step(make_optimizer, shapes, device="cpu", repeats: int = 20,
 _TOPIC_BENCHES = [
     ("cnn", "bench_conv", "unfold conv (cnn.py)", "F.conv2d", "unfold_ms", "conv2d_ms"),
     ("weight_decay", "bench_step", "Adam(decoupled) (weight_decay.py)", "AdamW foreach", "ours_ms", "adamw_ms"),
-    ("resnet", "bench_block", "BasicBlock (resnet.py)", "torchvision BasicBlock"),
+    ("resnet", "bench_block", "BasicBlock (resnet.py)", "torchvision BasicBlock", "ours_ms", "torchvision_ms"),
     ("dropout", "bench_dropout", "dropout (dropout.py)", "F.dropout"),
     ("batchnorm", "bench_batchnorm", "BatchNorm (batchnorm.py)", "nn.BatchNorm2d"),
     ("layernorm", "bench_layernorm", "LayerNorm (layernorm.py)", "nn.LayerNorm"),

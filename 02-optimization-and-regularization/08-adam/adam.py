@@ -28,6 +28,7 @@ Contents:
 import torch
 import torch.nn as nn
 
+from common.bench import time_optimizer_step
 from common.checks import check_choice, check_float, check_int, check_probability
 
 OPTIMIZERS = ("adam", "sgd_nesterov", "adagrad", "rmsprop")
@@ -199,30 +200,10 @@ def bench_adam_step(device="cpu", repeats: int = 20,
     temporary ``denom``; the foreach path batches every tensor into a few multi-tensor kernels and the
     fused path does the whole update in one pass over memory.
     """
-    import time
-
     check_int("repeats", repeats, low=1)
-    device = torch.device(device)
-    shapes = [tuple(check_int("size", d, low=1) for d in s) for s in sizes]
-    g = torch.Generator().manual_seed(0)
-    grads = [torch.randn(s, generator=g).to(device) for s in shapes]
 
     def timed(make_opt):
-        params = [torch.zeros(s, device=device, requires_grad=True) for s in shapes]
-        for p, gr in zip(params, grads):
-            p.grad = gr.clone()
-        opt = make_opt(params)
-        times = []
-        for i in range(repeats + 3):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i >= 3:
-                times.append(time.perf_counter() - t0)
-        return 1000.0 * sorted(times)[len(times) // 2]
+        return time_optimizer_step(make_opt, sizes, device, repeats)
 
     ours = timed(lambda ps: Adam(ps, lr=1e-3))
     theirs = timed(lambda ps: torch.optim.Adam(ps, lr=1e-3, foreach=True))
@@ -230,6 +211,6 @@ def bench_adam_step(device="cpu", repeats: int = 20,
         fused = timed(lambda ps: torch.optim.Adam(ps, lr=1e-3, fused=True))
     except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
         fused = None
-    n = sum(torch.Size(s).numel() for s in shapes)
+    n = sum(torch.Size(tuple(s)).numel() for s in sizes)
     return {"ours_ms": ours, "theirs_ms": theirs, "fused_ms": fused, "ratio": ours / theirs,
-            "name": f"Adam step, {len(shapes)} tensors, {n:,} parameters"}
+            "name": f"Adam step, {len(sizes)} tensors, {n:,} parameters"}

@@ -34,6 +34,9 @@ import torch
 
 from .runtime import REPO_ROOT, scale
 
+# Text tools live in common.text and are re-exported here under the same names.
+from .text import CharTokenizer, WordVocab, fixed_split, words  # noqa: F401
+
 # ----------------------------------------------------------------------------- registry
 
 
@@ -528,34 +531,3 @@ class TensorLoader:
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             batch = tuple(t.index_select(0, idx) for t in self.tensors)
             yield self.transform(*batch) if self.transform is not None else batch
-
-
-class CharTokenizer:
-    """A character-level tokenizer: every distinct character of a text is one token id."""
-
-    def __init__(self, text: str):
-        if not isinstance(text, str) or not text:
-            raise ValueError("CharTokenizer needs a non-empty string to take its characters from")
-        self.chars = sorted(set(text))
-        self.stoi = {c: i for i, c in enumerate(self.chars)}
-
-    @property
-    def vocab_size(self) -> int:
-        """Number of distinct characters."""
-        return len(self.chars)
-
-    def encode(self, text: str) -> torch.Tensor:
-        """A string to an int64 tensor of ids; unknown characters raise ``ValueError``."""
-        try:
-            return torch.tensor([self.stoi[c] for c in text], dtype=torch.long)
-        except KeyError as exc:
-            raise ValueError(f"character {exc.args[0]!r} is not in the vocabulary "
-                             f"({self.vocab_size} characters)") from None
-
-    def decode(self, ids) -> str:
-        """Ids (tensor or list of ints) back to a string."""
-        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"ids {bad[:5]} outside the vocabulary [0, {self.vocab_size})")
-        return "".join(self.chars[i] for i in ids)

@@ -723,3 +723,71 @@ def test_time_optimizer_step_times_each_optimizer_on_the_same_gradients():
         bench.time_optimizer_step(make, [(3,)], repeats=0)
     with pytest.raises(ValueError, match="at least one"):
         bench.time_optimizer_step(make, [])
+
+
+# ----------------------------------------------------------------------------- text tools
+
+
+def test_words_splits_words_numbers_and_punctuation():
+    assert data.words("Don't go, Tom! 3.5 km") == ["don't", "go", ",", "tom", "!", "3.5", "km"]
+    assert data.words("Déjà vu.") == ["déjà", "vu", "."]
+    assert data.words("Tom", lower=False) == ["Tom"]
+    with pytest.raises(ValueError, match="string"):
+        data.words(["a"])
+
+
+def test_word_vocab_orders_by_frequency_and_cuts_rare_words():
+    sents = [["the", "cat", "sat"], ["the", "dog", "sat"], ["the", "cat", "ran"]]
+    v = data.WordVocab(sents, min_count=2)
+    assert v.itos == ["<unk>", "the", "cat", "sat"]
+    assert v.counts.tolist() == [2, 3, 2, 2]  # <unk> counts the dropped 'dog' and 'ran'
+    assert v.encode(["the", "dog"]).tolist() == [1, v.unk_id]
+    assert v.decode(torch.tensor([2, 3])) == ["cat", "sat"]
+    assert "cat" in v and "dog" not in v and len(v) == 4
+    # Ties are broken alphabetically, so ids do not depend on the corpus order.
+    assert data.WordVocab(["b", "a"]).itos == data.WordVocab(["a", "b"]).itos == ["<unk>", "a", "b"]
+    capped = data.WordVocab(sents, max_size=3, specials=("<pad>", "<unk>"))
+    assert capped.itos == ["<pad>", "<unk>", "the"] and capped.unk_id == 1
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"tokens": []}, "non-empty corpus"),
+    ({"tokens": "the cat"}, "got a string"),
+    ({"tokens": [["a"], 3]}, "type int"),
+    ({"tokens": ["a"], "min_count": 0}, "min_count"),
+    ({"tokens": ["a"], "specials": ("<pad>",)}, "unknown token"),
+    ({"tokens": ["a"], "max_size": 1}, "max_size"),
+])
+def test_word_vocab_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        data.WordVocab(**kwargs)
+
+
+def test_word_vocab_decode_and_encode_bad_input():
+    v = data.WordVocab(["a", "b"])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        v.decode([3])
+    with pytest.raises(ValueError, match="got a string"):
+        v.encode("a b")
+
+
+def test_fixed_split_is_fixed_by_the_seed_and_partitions_the_items():
+    items = list(range(100))
+    a = data.fixed_split(items, (0.8, 0.1, 0.1), seed=0)
+    assert a == data.fixed_split(items, (0.8, 0.1, 0.1), seed=0)
+    assert a != data.fixed_split(items, (0.8, 0.1, 0.1), seed=1)
+    assert [len(p) for p in a] == [80, 10, 10] and sorted(sum(a, [])) == items
+    t = data.fixed_split(torch.arange(100), (0.8, 0.1, 0.1), seed=0)
+    assert [p.tolist() for p in t] == list(a)
+    assert isinstance(data.fixed_split(tuple(items), (0.5, 0.5))[0], tuple)
+
+
+@pytest.mark.parametrize("items, fractions, match", [
+    ([1, 2], (0.5, 0.6), "summing to 1"),
+    ([1, 2], (1.0,), "summing to 1"),
+    ([], (0.5, 0.5), "non-empty"),
+    ({1, 2}, (0.5, 0.5), "list, tuple"),
+])
+def test_fixed_split_bad_input(items, fractions, match):
+    with pytest.raises(ValueError, match=match):
+        data.fixed_split(items, fractions)

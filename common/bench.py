@@ -143,6 +143,48 @@ def time_optimizer_step(make_optimizer, shapes, device="cpu", repeats: int = 20,
     return 1000.0 * statistics.median(times)
 
 
+def time_forward_backward(ours, theirs, inputs, grad_out=None, device="cpu", repeats: int = 20,
+                          warmup: int = 3) -> tuple[float, float]:
+    """Median milliseconds of one forward+backward pass of ``ours`` and of ``theirs`` on the same inputs.
+
+    ``ours(*inputs)`` and ``theirs(*inputs)`` each return one tensor. Every pass takes fresh copies of the
+    floating-point ``inputs`` (a tensor or a tuple of tensors) that require grad, so the backward reaches
+    the inputs as it would inside a network, and backpropagates ``grad_out`` (default: ones shaped like
+    the output). The two sides alternate in ABBA order, so the machine's drift hits both alike;
+    ``warmup`` rounds run first and are not counted. On CUDA the device is synchronised around each pass.
+    Returns ``(ours_ms, theirs_ms)``.
+    """
+    from .checks import check_int
+
+    check_int("repeats", repeats, low=1)
+    check_int("warmup", warmup, low=0)
+    dev = torch.device(device)
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
+        raise ValueError(f"inputs must be a tensor or a tuple of tensors, got {type(inputs).__name__}")
+    inputs = tuple(t.detach().to(dev) for t in inputs)
+
+    def one_pass(fn) -> float:
+        xs = [t.clone().requires_grad_() if t.is_floating_point() else t for t in inputs]
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+        out = fn(*xs)
+        out.backward(torch.ones_like(out) if grad_out is None else grad_out)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return time.perf_counter() - t0
+
+    times: dict = {"ours": [], "theirs": []}
+    for i in range(warmup + repeats):
+        order = (("ours", ours), ("theirs", theirs)) if i % 2 == 0 else (("theirs", theirs), ("ours", ours))
+        for key, fn in order:
+            t = one_pass(fn)
+            if i >= warmup:
+                times[key].append(t)
+    return 1000.0 * statistics.median(times["ours"]), 1000.0 * statistics.median(times["theirs"])
+
+
 # Topic benchmarks: (module, function, our label, baseline label[, our key, baseline key]). Each function
 # takes ``device`` and returns a dict with both times in milliseconds (keys default to "ours_ms" and
 # "theirs_ms"), "ratio" (ours / theirs) and optionally "name".
@@ -155,6 +197,7 @@ _TOPIC_BENCHES = [
     ("layernorm", "bench_layernorm", "LayerNorm (layernorm.py)", "nn.LayerNorm"),
     ("gelu", "bench_gelu", "gelu (gelu.py)", "F.gelu"),
     ("adam", "bench_adam_step", "Adam (adam.py)", "torch.optim.Adam"),
+    ("rnn", "bench_rnn", "ElmanRNN loop (rnn.py)", "nn.RNN"),
 ]
 
 

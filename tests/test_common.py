@@ -725,6 +725,29 @@ def test_time_optimizer_step_times_each_optimizer_on_the_same_gradients():
         bench.time_optimizer_step(make, [])
 
 
+
+def test_time_forward_backward_alternates_sides_on_fresh_copies_of_the_same_inputs():
+    from common import bench
+
+    calls = []
+
+    def side(name):
+        def fn(x, idx):
+            calls.append((name, x.requires_grad, x.grad is None, torch.equal(x.detach(), base)))
+            return (x[idx] * 2).sum()
+        return fn
+
+    base = torch.arange(4.0)
+    ours_ms, theirs_ms = bench.time_forward_backward(side("a"), side("b"), (base, torch.tensor([0, 2])),
+                                                     repeats=2, warmup=1)
+    assert ours_ms > 0 and theirs_ms > 0
+    assert [c[0] for c in calls] == ["a", "b", "b", "a", "a", "b"]  # ABBA order
+    assert all(c[1] and c[2] and c[3] for c in calls)  # a fresh leaf copy every pass, input untouched
+    with pytest.raises(ValueError, match="repeats"):
+        bench.time_forward_backward(side("a"), side("b"), base, repeats=0)
+    with pytest.raises(ValueError, match="tuple of tensors"):
+        bench.time_forward_backward(side("a"), side("b"), [1.0])
+
 # ----------------------------------------------------------------------------- text tools
 
 

@@ -213,35 +213,21 @@ def bench_dropout(device="cpu", repeats=20, shape=(256, 1024), p=0.5):
     """Forward + backward time of ``dropout`` (this file) vs ``F.dropout`` on one tensor of ``shape``.
 
     Returns {"ours_ms", "theirs_ms", "ratio", "name"}: medians over ``repeats`` runs after 3 warm-ups,
-    ratio = ours / theirs. Ours is built from separate tensor ops: it allocates a float mask, fills it
+    alternating the two sides (:func:`common.bench.time_forward_backward`), ratio = ours / theirs. Ours is built from separate tensor ops: it allocates a float mask, fills it
     (bernoulli_), divides it by keep and multiplies, each a kernel of its own, and the backward is one
     more multiply by that saved mask. On the CPU ``F.dropout`` takes the same unfused path (PyTorch
     fuses only on CUDA-like devices), so the ratio there is about 1; on CUDA it calls the fused
     ``native_dropout`` kernel, which draws the mask and scales in one pass and saves a boolean mask,
     so ours should be the slower one there.
     """
-    import time
+    from common.bench import time_forward_backward
 
     check_int("repeats", repeats, low=1)
     p = check_probability("p", p)
     device = torch.device(device)
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0)).to(device).requires_grad_()
-    g = torch.ones(shape, device=device)
-
-    def timed(fn):
-        times = []
-        for i in range(repeats + 3):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t = time.perf_counter()
-            fn(x, p, training=True).backward(g)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i >= 3:
-                times.append(time.perf_counter() - t)
-            x.grad = None
-        return 1000.0 * sorted(times)[len(times) // 2]
-
-    ours, theirs = timed(dropout), timed(F.dropout)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0)).to(device)
+    ours, theirs = time_forward_backward(lambda t: dropout(t, p, training=True),
+                                         lambda t: F.dropout(t, p, training=True), x, device=device,
+                                         repeats=repeats)
     return {"ours_ms": ours, "theirs_ms": theirs, "ratio": ours / theirs,
             "name": f"dropout p={p} forward+backward, {tuple(shape)}"}

@@ -187,32 +187,19 @@ def bench_gelu(device="cpu", repeats=20, shape=(256, 4096), approximate="none"):
     """Forward + backward time of ``gelu`` (this file) vs ``F.gelu`` on one float32 tensor.
 
     Returns {"ours_ms", "theirs_ms", "ratio", "name"}: medians over ``repeats`` timed calls (after 3
-    warm-up calls), ratio = ours / theirs. Ours is slower because it is a chain of separate elementwise
+    warm-up calls), alternating the two sides (:func:`common.bench.time_forward_backward`), ratio = ours / theirs. Ours is slower because it is a chain of separate elementwise
     kernels (erfc, multiplies, and in the backward exp, erfc and more multiplies), each reading and writing
     the whole tensor and allocating a temporary, whereas PyTorch computes the GELU and its derivative in one
     fused, vectorised kernel each.
     """
-    import time
+    from common.bench import time_forward_backward
 
     check_int("repeats", repeats, low=1)
     _check_approximate(approximate)
     device = torch.device(device)
-    x = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(0)).to(device).requires_grad_()
-    gy = torch.ones_like(x)
-
-    def timed(fn):
-        times = []
-        for i in range(repeats + 3):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t = time.perf_counter()
-            (g,) = torch.autograd.grad(fn(x, approximate=approximate), x, gy)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i >= 3:
-                times.append(time.perf_counter() - t)
-        return 1000.0 * sorted(times)[len(times) // 2]
-
-    ours, theirs = timed(gelu), timed(F.gelu)
+    x = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(0)).to(device)
+    ours, theirs = time_forward_backward(lambda t: gelu(t, approximate=approximate),
+                                         lambda t: F.gelu(t, approximate=approximate), x, device=device,
+                                         repeats=repeats)
     return {"ours_ms": ours, "theirs_ms": theirs, "ratio": ours / theirs,
             "name": f"GELU ({approximate}) fwd+bwd {tuple(shape)}"}

@@ -274,7 +274,6 @@ def test_mc_predict_bad_arguments(kwargs):
 
 
 def test_dropout_net_learns_with_max_norm():
-    common.threads(1)
     torch.manual_seed(0)
     x = torch.randn(256, 10)
     y = (x[:, 0] * x[:, 1] > 0).long()

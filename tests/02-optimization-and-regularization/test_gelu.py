@@ -179,7 +179,6 @@ def test_make_activation():
 
 
 def test_gelu_net_learns_a_toy_problem():
-    common.threads(1)
     torch.manual_seed(0)
     x = torch.randn(256, 10)
     y = (x[:, 0] * x[:, 1] > 0).long()

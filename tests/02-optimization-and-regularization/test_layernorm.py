@@ -275,7 +275,6 @@ def test_norm_mlp_rejects_bad_input():
 
 
 def test_ln_lstm_learns_a_toy_sequence_task():
-    common.threads(1)
     torch.manual_seed(0)
     x = torch.randn(64, 5, 3)
     y = (x[:, 0, 0] > 0).long()  # the label is the sign of the first step's first input: needs memory
@@ -290,7 +289,6 @@ def test_ln_lstm_learns_a_toy_sequence_task():
 
 
 def test_ln_mlp_learns_a_toy_problem_at_batch_size_one():
-    common.threads(1)
     torch.manual_seed(0)
     x = torch.randn(64, 10)
     y = (x[:, 0] * x[:, 1] > 0).long()

@@ -175,7 +175,6 @@ def test_sigmoid_and_tanh_nets_have_no_exact_zeros_but_relu_does():
 
 
 def test_relu_net_learns_a_toy_problem():
-    common.threads(1)
     torch.manual_seed(0)
     x = torch.randn(256, 10)
     y = (x[:, 0] * x[:, 1] > 0).long()

@@ -198,6 +198,7 @@ _TOPIC_BENCHES = [
     ("gelu", "bench_gelu", "gelu (gelu.py)", "F.gelu"),
     ("adam", "bench_adam_step", "Adam (adam.py)", "torch.optim.Adam"),
     ("rnn", "bench_rnn", "ElmanRNN loop (rnn.py)", "nn.RNN"),
+    ("forget_gate", "bench_cell", "ExtendedLSTM (forget_gate.py)", "nn.LSTM"),
 ]
 
 

@@ -19,15 +19,26 @@ from .checks import check_int
 _WORD_RE = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*|\d+(?:[.,]\d+)*|[^\w\s]")
 
 
-def words(text: str, lower: bool = True) -> list[str]:
+# French elided words (l', d', j', qu', ...) become tokens of their own when followed by a letter.
+_ELISION_RE = re.compile(r"(?:[cdjlmnst]|qu|jusqu|lorsqu|puisqu|quoiqu)'(?=[^\W\d_])|" + _WORD_RE.pattern,
+                         re.IGNORECASE)
+
+
+def words(text: str, lower: bool = True, lang: str = "en") -> list[str]:
     """Split ``text`` into word tokens: words (keeping inner apostrophes), numbers and punctuation marks.
 
     ``words("Don't go, Tom!") == ["don't", "go", ",", "tom", "!"]``. Letters of any script count as
-    word characters (``"déjà"`` stays one token).
+    word characters (``"déjà"`` stays one token) and a typographic apostrophe counts as ``'``. With
+    ``lang="fr"`` elided articles and pronouns are split off: ``words("J'ai l'heure", lang="fr") ==
+    ["j'", "ai", "l'", "heure"]``.
     """
     if not isinstance(text, str):
         raise ValueError(f"words expects a string, got {type(text).__name__}")
-    return _WORD_RE.findall(text.lower() if lower else text)
+    if lang not in ("en", "fr"):
+        raise ValueError(f"words: lang must be 'en' or 'fr', got {lang!r}")
+    text = text.replace("\u2019", "'")
+    pattern = _ELISION_RE if lang == "fr" else _WORD_RE
+    return pattern.findall(text.lower() if lower else text)
 
 
 class WordVocab:

@@ -755,6 +755,11 @@ def test_words_splits_words_numbers_and_punctuation():
     assert data.words("Don't go, Tom! 3.5 km") == ["don't", "go", ",", "tom", "!", "3.5", "km"]
     assert data.words("Déjà vu.") == ["déjà", "vu", "."]
     assert data.words("Tom", lower=False) == ["Tom"]
+    assert data.words("Don\u2019t") == ["don't"]
+    assert data.words("J'ai l'heure qu'il faut, aujourd'hui !", lang="fr") == [
+        "j'", "ai", "l'", "heure", "qu'", "il", "faut", ",", "aujourd'hui", "!"]
+    with pytest.raises(ValueError, match="lang"):
+        data.words("a", lang="de")
     with pytest.raises(ValueError, match="string"):
         data.words(["a"])
 

@@ -198,7 +198,9 @@ _TOPIC_BENCHES = [
     ("gelu", "bench_gelu", "gelu (gelu.py)", "F.gelu"),
     ("adam", "bench_adam_step", "Adam (adam.py)", "torch.optim.Adam"),
     ("rnn", "bench_rnn", "ElmanRNN loop (rnn.py)", "nn.RNN"),
+    ("lstm", "bench_lstm", "LSTM loop (lstm.py)", "nn.LSTM"),
     ("forget_gate", "bench_cell", "ExtendedLSTM (forget_gate.py)", "nn.LSTM"),
+    ("word2vec", "bench_sgns_step", "SGNS step, hand-written (word2vec.py)", "autograd + sparse Embedding"),
 ]
 
 

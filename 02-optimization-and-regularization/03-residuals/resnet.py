@@ -223,11 +223,12 @@ def bench_block(device="cpu", repeats=20, batch=64, channels=32, size=16):
 
     Both compute ReLU(BN(conv(ReLU(BN(conv(x))))) + x) on x (batch, channels, size, size), in train
     mode, with the same weights. Returns {"ours_ms", "torchvision_ms", "ratio", "name"}: medians over
-    ``repeats`` timed passes after 3 warm-up passes, alternating the two sides; ratio = ours / theirs.
+    ``repeats`` timed passes after 3 warm-up passes, alternating the two sides
+    (:func:`common.bench.time_forward_backward`); ratio = ours / theirs.
     """
-    import time
-
     from torchvision.models.resnet import BasicBlock as TVBlock
+
+    from common.bench import time_forward_backward
 
     check_int("repeats", repeats, low=1)
     for name, v in (("batch", batch), ("channels", channels), ("size", size)):
@@ -238,22 +239,6 @@ def bench_block(device="cpu", repeats=20, batch=64, channels=32, size=16):
     theirs = TVBlock(channels, channels).to(device)
     theirs.load_state_dict(ours.state_dict())  # same parameter names: conv1, bn1, conv2, bn2
     x = torch.randn(batch, channels, size, size, device=device)
-    times = {"ours": [], "theirs": []}
-
-    def step(block):
-        xi = x.clone().requires_grad_()
-        block(xi).sum().backward()
-
-    for i in range(repeats + 3):
-        for key, block in ((("ours", ours), ("theirs", theirs)) if i % 2 == 0 else (("theirs", theirs), ("ours", ours))):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t = time.perf_counter()
-            step(block)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i >= 3:
-                times[key].append(time.perf_counter() - t)
-    med = {k: 1000.0 * sorted(v)[len(v) // 2] for k, v in times.items()}
-    return {"ours_ms": med["ours"], "torchvision_ms": med["theirs"], "ratio": med["ours"] / med["theirs"],
+    ours_ms, theirs_ms = time_forward_backward(ours, theirs, x, device=device, repeats=repeats)
+    return {"ours_ms": ours_ms, "torchvision_ms": theirs_ms, "ratio": ours_ms / theirs_ms,
             "name": f"BasicBlock fwd+bwd, x {batch}x{channels}x{size}x{size}"}

@@ -223,12 +223,12 @@ def bench_batchnorm(device="cpu", repeats=10, shape=(64, 64, 32, 32)):
 
     Same input (default (64, 64, 32, 32)) and upstream gradient for both; returns
     {"ours_ms", "theirs_ms", "ratio", "name"}, medians over ``repeats`` timed runs after 2 warm-ups,
-    ratio = ours / theirs. Ours is slower: it runs each step of Alg. 1 and of the paper's chain rule
+    alternating the two sides (:func:`common.bench.time_forward_backward`), ratio = ours / theirs. Ours is slower: it runs each step of Alg. 1 and of the paper's chain rule
     as a separate elementwise or reduction op, so the activation tensor is read and a full-size
     temporary written about a dozen times, while PyTorch's native kernel computes the statistics in
     one fused pass and the normalisation (and its gradient) in one more.
     """
-    import time
+    from common.bench import time_forward_backward
 
     check_int("repeats", repeats, low=1)
     if not isinstance(shape, (list, tuple)) or len(shape) != 4:
@@ -238,23 +238,8 @@ def bench_batchnorm(device="cpu", repeats=10, shape=(64, 64, 32, 32)):
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(shape, generator=g).to(device)
     gy = torch.randn(shape, generator=g).to(device)
-
-    def timed(layer):
-        layer = layer.to(device).train()
-        times = []
-        for i in range(repeats + 2):
-            x = x0.clone().requires_grad_()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t = time.perf_counter()
-            layer(x).backward(gy)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i >= 2:
-                times.append(time.perf_counter() - t)
-        return 1000.0 * sorted(times)[len(times) // 2]
-
-    ours = timed(BatchNorm(shape[1]))
-    theirs = timed(nn.BatchNorm2d(shape[1]))
+    ours, theirs = time_forward_backward(BatchNorm(shape[1]).to(device).train(),
+                                         nn.BatchNorm2d(shape[1]).to(device).train(), x0, grad_out=gy,
+                                         device=device, repeats=repeats, warmup=2)
     return {"ours_ms": ours, "theirs_ms": theirs, "ratio": ours / theirs,
             "name": f"batch norm fwd+bwd, train mode, {shape}"}

@@ -238,34 +238,19 @@ def bench_layernorm(device="cpu", repeats=20, shape=(64, 128, 512)) -> dict:
     """Forward + backward time of ``LayerNorm`` (ours) vs ``nn.LayerNorm`` on x of ``shape``, last dim normalised.
 
     Returns {"ours_ms", "theirs_ms", "ratio", "name"}: medians over ``repeats`` (after 3 warm-ups),
-    ratio = ours / theirs. Ours is slower because each line of the forward and backward is its own
+    alternating the two sides (:func:`common.bench.time_forward_backward`), ratio = ours / theirs. Ours is slower because each line of the forward and backward is its own
     kernel making its own pass over memory (a mean, a subtraction, a square, another mean, ...) and
     keeps x_hat for the backward; PyTorch's layer norm computes the statistics and the output in one
     fused kernel per pass, saving only the per-row mean and 1/sigma.
     """
-    import time
+    from common.bench import time_forward_backward
 
     check_int("repeats", repeats, low=1)
     device = torch.device(device)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(tuple(shape), generator=g).to(device)
     gy = torch.randn(tuple(shape), generator=g).to(device)
-
-    def timed(module):
-        xi = x.clone().requires_grad_()
-        times = []
-        for i in range(repeats + 3):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t = time.perf_counter()
-            module(xi).backward(gy)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i >= 3:
-                times.append(time.perf_counter() - t)
-        return 1000.0 * sorted(times)[len(times) // 2]
-
-    ours = timed(LayerNorm(shape[-1]).to(device))
-    theirs = timed(nn.LayerNorm(shape[-1]).to(device))
+    ours, theirs = time_forward_backward(LayerNorm(shape[-1]).to(device), nn.LayerNorm(shape[-1]).to(device), x,
+                                         grad_out=gy, device=device, repeats=repeats)
     return {"ours_ms": ours, "theirs_ms": theirs, "ratio": ours / theirs,
             "name": f"LayerNorm forward+backward, x {tuple(shape)}"}

@@ -165,6 +165,7 @@ class SGNSLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w_in, w_out, center, context, negatives):
+        """The summed loss of the batch; keeps the per-pair gradients ``sgns_grads`` computed alongside it."""
         loss, g_in, g_out = sgns_grads(w_in, w_out, center, context, negatives)
         ctx.save_for_backward(center, context, negatives, g_in, g_out)
         ctx.shapes = (w_in.shape, w_out.shape)
@@ -172,6 +173,7 @@ class SGNSLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        """Scatter-add the saved per-pair gradients into the rows of the two tables (eq. above, by hand)."""
         center, context, negatives, g_in, g_out = ctx.saved_tensors
         d_in = g_in.new_zeros(ctx.shapes[0]).index_add_(0, center, g_in)  # (V, D), repeated ids summed
         out_ids = torch.cat([context[:, None], negatives], 1).reshape(-1)

@@ -185,8 +185,8 @@ def time_forward_backward(ours, theirs, inputs, grad_out=None, device="cpu", rep
     return 1000.0 * statistics.median(times["ours"]), 1000.0 * statistics.median(times["theirs"])
 
 
-# Topic benchmarks: (module, function, our label, baseline label[, our key, baseline key]). Each function
-# takes ``device`` and returns a dict with both times in milliseconds (keys default to "ours_ms" and
+# Topic benchmarks: (module, function, our label, baseline label[, our key, baseline key][, {keyword
+# arguments}]). Each function takes ``device`` (and the keyword arguments, when given) and returns a dict with both times in milliseconds (keys default to "ours_ms" and
 # "theirs_ms"), "ratio" (ours / theirs) and optionally "name".
 _TOPIC_BENCHES = [
     ("cnn", "bench_conv", "unfold conv (cnn.py)", "F.conv2d", "unfold_ms", "conv2d_ms"),
@@ -201,6 +201,8 @@ _TOPIC_BENCHES = [
     ("lstm", "bench_lstm", "LSTM loop (lstm.py)", "nn.LSTM"),
     ("forget_gate", "bench_cell", "ExtendedLSTM (forget_gate.py)", "nn.LSTM"),
     ("word2vec", "bench_sgns_step", "SGNS step, hand-written (word2vec.py)", "autograd + sparse Embedding"),
+    ("moe", "bench_moe", "sparse MoE, 8 experts (moe.py)", "dense reference", {"num_experts": 8}),
+    ("moe", "bench_moe", "sparse MoE, 32 experts (moe.py)", "dense reference", {"num_experts": 32}),
 ]
 
 
@@ -215,12 +217,13 @@ def run_all() -> list[dict]:
     """Run every benchmark (topic rows too, when their modules exist) and print a table."""
     rows = [*bench_loader(), bench_fit()]
     for module, fn, *labels in _TOPIC_BENCHES:
+        kwargs = labels.pop() if isinstance(labels[-1], dict) else {}
         try:
             mod = topic(module)
         except ValueError:  # planned, not built yet
             continue
         if hasattr(mod, fn):
-            rows.append(_topic_row(getattr(mod, fn)(device=str(device())), module, fn, *labels))
+            rows.append(_topic_row(getattr(mod, fn)(device=str(device()), **kwargs), module, fn, *labels))
     print(f"\n{'benchmark':48s} {'ours':>22s} {'baseline':>22s}  result")
     for r in rows:
         if "speedup" in r:

@@ -706,6 +706,22 @@ def test_topic_bench_rows_convert_milliseconds_and_name_planned_modules():
     assert row["name"] == "conv" and row["ours_s"] == 0.002 and row["theirs_s"] == 0.001
 
 
+def test_every_topic_bench_entry_names_a_function_that_takes_its_arguments():
+    import inspect
+
+    from common import bench
+    from common.topics import existing_topics, topic
+
+    built = {t[1] for t in existing_topics()}
+    for module, fn, *labels in bench._TOPIC_BENCHES:
+        kwargs = labels[-1] if isinstance(labels[-1], dict) else {}
+        assert len(labels) - bool(kwargs) in (2, 4), f"{module}.{fn}: two labels (and two keys) expected"
+        if module not in built:
+            continue
+        params = inspect.signature(getattr(topic(module), fn)).parameters
+        assert {"device", *kwargs} <= set(params), f"{module}.{fn} does not take {sorted({'device', *kwargs})}"
+
+
 def test_time_optimizer_step_times_each_optimizer_on_the_same_gradients():
     from common import bench
 

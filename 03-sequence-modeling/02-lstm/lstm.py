@@ -20,7 +20,6 @@ Contents:
 """
 
 import math
-import time
 
 import torch
 import torch.nn as nn
@@ -287,9 +286,12 @@ def bench_lstm(device="cpu", repeats=10, batch=64, steps=50, input_size=32, hidd
     """Forward + backward time of our ``LSTM`` loop against ``nn.LSTM`` on the same weights and data.
 
     x is (batch, steps, input_size); the loss is the sum of the outputs. Returns {"ours_ms", "theirs_ms",
-    "ratio", "name"}: medians over ``repeats`` after 2 warm-ups, ratio = ours / theirs. Ours launches a few
+    "ratio", "name"}: medians over ``repeats`` after 2 warm-ups, alternating the two sides
+    (:func:`common.bench.time_forward_backward`), ratio = ours / theirs. Ours launches a few
     small kernels per gate per step and autograd records each; ``nn.LSTM`` runs a fused cell (cuDNN on CUDA).
     """
+    from common.bench import time_forward_backward
+
     for name, v in (("repeats", repeats), ("batch", batch), ("steps", steps), ("input_size", input_size),
                     ("hidden_size", hidden_size)):
         check_int(name, v, low=1)
@@ -299,20 +301,7 @@ def bench_lstm(device="cpu", repeats=10, batch=64, steps=50, input_size=32, hidd
     ours = LSTM(input_size, hidden_size).to(device)
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(batch, steps, input_size, device=device)
-
-    def timed(model):
-        times = []
-        for i in range(repeats + 2):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            model(x)[0].sum().backward()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
-        return 1000.0 * sorted(times)[len(times) // 2]
-
-    t_ours, t_theirs = timed(ours), timed(theirs)
+    t_ours, t_theirs = time_forward_backward(lambda v: ours(v)[0], lambda v: theirs(v)[0], x, device=device,
+                                             repeats=repeats, warmup=2)
     return {"ours_ms": t_ours, "theirs_ms": t_theirs, "ratio": t_ours / t_theirs,
             "name": f"LSTM forward+backward, x ({batch}, {steps}, {input_size}), hidden {hidden_size}"}

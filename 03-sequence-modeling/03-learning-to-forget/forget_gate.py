@@ -20,7 +20,6 @@ Contents:
   ``bench_cell`` (forward + backward of the cell against ``nn.LSTM``).
 """
 
-import time
 
 import torch
 import torch.nn as nn
@@ -349,7 +348,10 @@ class OnlineTrainer:
 def bench_cell(device="cpu", repeats=10, T=100, batch=32, n_in=32, blocks=64) -> dict:
     """Forward + backward (autograd through time) of ``ExtendedLSTM`` (one cell per block) against
     ``nn.LSTM`` of the same sizes on a (T, batch, n_in) sequence. Returns {"ours_ms", "theirs_ms",
-    "ratio", "name"}: medians over ``repeats`` after 2 warm-ups; ratio = ours / theirs."""
+    "ratio", "name"}: medians over ``repeats`` after 2 warm-ups, alternating the two sides
+    (:func:`common.bench.time_forward_backward`); ratio = ours / theirs."""
+    from common.bench import time_forward_backward
+
     check_int("repeats", repeats, low=1)
     device = torch.device(device)
     g = torch.Generator().manual_seed(0)
@@ -357,20 +359,7 @@ def bench_cell(device="cpu", repeats=10, T=100, batch=32, n_in=32, blocks=64) ->
     ours = ExtendedLSTM(1, blocks, 1, n_in, 1, generator=g).to(device)
     theirs = nn.LSTM(n_in, blocks).to(device)
 
-    def timed(fn):
-        times = []
-        for i in range(repeats + 2):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            fn().sum().backward()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
-        return 1000.0 * sorted(times)[len(times) // 2]
-
-    t_ours = timed(lambda: ours(x[:, None])[1]["y"])
-    t_theirs = timed(lambda: theirs(x)[0])
+    t_ours, t_theirs = time_forward_backward(lambda v: ours(v[:, None])[1]["y"], lambda v: theirs(v)[0], x,
+                                             device=device, repeats=repeats, warmup=2)
     return {"ours_ms": t_ours, "theirs_ms": t_theirs, "ratio": t_ours / t_theirs,
             "name": f"LSTM cell fwd+bwd, T={T}, batch {batch}, {n_in}->{blocks}"}

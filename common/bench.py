@@ -201,6 +201,8 @@ _TOPIC_BENCHES = [
     ("lstm", "bench_lstm", "LSTM loop (lstm.py)", "nn.LSTM"),
     ("forget_gate", "bench_cell", "ExtendedLSTM (forget_gate.py)", "nn.LSTM"),
     ("word2vec", "bench_sgns_step", "SGNS step, hand-written (word2vec.py)", "autograd + sparse Embedding"),
+    ("seq2seq", "bench_beam", "batched beam search (seq2seq.py)", "per-sentence beam loop"),
+    ("attention", "bench_attention", "additive attention (attention.py)", "F.scaled_dot_product_attention"),
     ("moe", "bench_moe", "sparse MoE, 8 experts (moe.py)", "dense reference", {"num_experts": 8}),
     ("moe", "bench_moe", "sparse MoE, 32 experts (moe.py)", "dense reference", {"num_experts": 32}),
 ]

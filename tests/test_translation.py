@@ -95,3 +95,12 @@ def test_unknown_split_and_max_train(task):
     capped = tr.load_translation(max_len=8, min_count=1, val_size=4, test_size=6, max_train=10, synthetic=True)
     assert len(capped.examples("train")) == 10
     assert "train" in task.summary() and "vocabularies" in task.summary()
+
+
+def test_unknown_token_policy_must_name_a_special():
+    from common.text import WordVocab
+
+    vocab = WordVocab([["le", "chat"]], min_count=1, specials=tr.SPECIALS)
+    assert vocab.encode(["le", "chien"]).tolist() == [vocab.stoi["le"], tr.UNK]  # unseen word -> <unk>
+    with pytest.raises(ValueError, match="unknown token '<oov>' must be one of the specials"):
+        WordVocab([["le"]], min_count=1, specials=tr.SPECIALS, unk="<oov>")

@@ -224,9 +224,10 @@ def beam_search_loop(model, src, beam=4, max_steps=None):
 
 def bench_beam(device="cpu", repeats=3, sentences=32, beam=4, vocab=1000, hidden=128, layers=2):
     """Batched :meth:`Seq2Seq.beam_search` against :func:`beam_search_loop` on the same random model and
-    sentences. Returns {"ours_ms", "theirs_ms", "ratio", "same_outputs", "name"}: medians over ``repeats`` after
-    one warm-up, ratio = ours / theirs, and the share of sentences both decode alike (float32 sums over
-    different batch sizes may round apart; the tests assert equality in float64)."""
+    sentences. Returns {"ours_ms", "theirs_ms", "ratio", "same_outputs", "name"}: medians over ``repeats``
+    (in ABBA order) after one warm-up call of each, ratio = ours / theirs, and the share of sentences both
+    decode alike (float32 sums over different batch sizes may round apart; the tests assert equality in
+    float64)."""
     for name, v in (("repeats", repeats), ("sentences", sentences), ("beam", beam)):
         check_int(name, v, low=1)
     device = torch.device(device)
@@ -236,21 +237,23 @@ def bench_beam(device="cpu", repeats=3, sentences=32, beam=4, vocab=1000, hidden
     src = torch.randint(4, vocab, (sentences, 10)) * (torch.arange(10) < lengths[:, None])
     src = src.to(device)
 
-    def timed(fn):
-        times, res = [], None
-        for i in range(repeats + 1):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            res = fn(model, src, beam)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i >= 1:
-                times.append(time.perf_counter() - t0)
-        return 1000.0 * sorted(times)[len(times) // 2], res
+    def once(fn):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        res = fn(model, src, beam)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0, res
 
-    t_ours, a = timed(Seq2Seq.beam_search)
-    t_theirs, b = timed(beam_search_loop)
+    fns = (Seq2Seq.beam_search, beam_search_loop)
+    outs = [once(fn)[1] for fn in fns]  # warm up both first: oneDNN sets up its kernels on the first calls
+    times = ([], [])
+    for i in range(repeats):  # alternate the two, ABBA, so drifts in machine load hit both alike
+        for j in ((0, 1) if i % 2 == 0 else (1, 0)):
+            times[j].append(once(fns[j])[0])
+    t_ours, t_theirs = (1000.0 * sorted(t)[len(t) // 2] for t in times)
+    a, b = outs
     return {"ours_ms": t_ours, "theirs_ms": t_theirs, "ratio": t_ours / t_theirs,
             "same_outputs": float((a == b).all(1).float().mean()),
             "name": f"beam search (width {beam}), {sentences} sentences, {layers}x{hidden} LSTM, vocab {vocab}"}

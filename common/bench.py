@@ -205,6 +205,10 @@ _TOPIC_BENCHES = [
     ("attention", "bench_attention", "additive attention (attention.py)", "F.scaled_dot_product_attention"),
     ("moe", "bench_moe", "sparse MoE, 8 experts (moe.py)", "dense reference", {"num_experts": 8}),
     ("moe", "bench_moe", "sparse MoE, 32 experts (moe.py)", "dense reference", {"num_experts": 32}),
+    ("gpt", "bench_train_step", "GPT step (train.py)", "plain training loop"),
+    ("gpt", "bench_vs_torch", "GPT (gpt.py)", "nn.TransformerEncoder, causal"),
+    ("gpt", "bench_generate", "KV-cache generation (gpt.py)", "uncached generation"),
+    ("gpt", "bench_mfu", "GPT step (gpt.py)", "the same FLOPs at matmul peak"),
 ]
 
 

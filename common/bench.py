@@ -205,18 +205,23 @@ _TOPIC_BENCHES = [
     ("attention", "bench_attention", "additive attention (attention.py)", "F.scaled_dot_product_attention"),
     ("moe", "bench_moe", "sparse MoE, 8 experts (moe.py)", "dense reference", {"num_experts": 8}),
     ("moe", "bench_moe", "sparse MoE, 32 experts (moe.py)", "dense reference", {"num_experts": 32}),
+    ("transformer", "bench_mha", "multi-head attention (transformer.py)", "nn.MultiheadAttention"),
     ("gpt", "bench_train_step", "GPT step (train.py)", "plain training loop"),
     ("gpt", "bench_vs_torch", "GPT (gpt.py)", "nn.TransformerEncoder, causal"),
     ("gpt", "bench_generate", "KV-cache generation (gpt.py)", "uncached generation"),
     ("gpt", "bench_mfu", "GPT step (gpt.py)", "the same FLOPs at matmul peak"),
+    ("lora", "bench_lora_step", "LoRA r=4 step (lora.py)", "full fine-tuning step"),
+    ("rlhf", "bench_rollout", "PPO rollout, KV cache (rlhf.py)", "uncached rollout"),
 ]
 
 
 def _topic_row(result: dict, module: str, fn: str, ours: str, theirs: str, ours_key: str = "ours_ms",
                theirs_key: str = "theirs_ms") -> dict:
-    """A topic benchmark's result dict as a table row (times in seconds)."""
+    """A topic benchmark's result dict as a table row (times in seconds). Its memory (``*_bytes``) and
+    throughput (``*_per_s``) entries, if any, become the row's ``extra`` line."""
+    extra = ", ".join(f"{k} {v:,.0f}" for k, v in result.items() if k.endswith(("_bytes", "_per_s")))
     return {"name": result.get("name", f"{module}.{fn}"), "ours": ours, "ours_s": result[ours_key] / 1000,
-            "theirs": theirs, "theirs_s": result[theirs_key] / 1000, "ratio": result["ratio"]}
+            "theirs": theirs, "theirs_s": result[theirs_key] / 1000, "ratio": result["ratio"], "extra": extra}
 
 
 def run_all() -> list[dict]:
@@ -241,4 +246,6 @@ def run_all() -> list[dict]:
         ours = f"{r['ours']} {r['ours_s'] * 1e3:.0f} ms"
         theirs = f"{r['theirs']} {r['theirs_s'] * 1e3:.0f} ms"
         print(f"{r['name'][:48]:48s} {ours:>22s} {theirs:>22s}  {result}")
+        if r.get("extra"):
+            print(f"{'':4s}{r['extra']}")
     return rows

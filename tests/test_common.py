@@ -700,7 +700,10 @@ def test_topic_bench_rows_convert_milliseconds_and_name_planned_modules():
     assert all(entry[0] in modules for entry in bench._TOPIC_BENCHES)
     row = bench._topic_row({"ours_ms": 30.0, "theirs_ms": 10.0, "ratio": 3.0}, "gelu", "bench_gelu", "ours", "F.gelu")
     assert row == {"name": "gelu.bench_gelu", "ours": "ours", "ours_s": 0.03, "theirs": "F.gelu", "theirs_s": 0.01,
-                   "ratio": 3.0}
+                   "ratio": 3.0, "extra": ""}
+    row = bench._topic_row({"ours_ms": 3.0, "theirs_ms": 1.0, "ratio": 3.0, "lora_optim_bytes": 49216,
+                            "cached_tok_per_s": 1234.5, "steps": 7}, "lora", "bench_lora_step", "a", "b")
+    assert row["extra"] == "lora_optim_bytes 49,216, cached_tok_per_s 1,234"
     row = bench._topic_row({"unfold_ms": 2.0, "conv2d_ms": 1.0, "ratio": 2.0, "name": "conv"}, "cnn", "bench_conv",
                            "a", "b", "unfold_ms", "conv2d_ms")
     assert row["name"] == "conv" and row["ours_s"] == 0.002 and row["theirs_s"] == 0.001

@@ -34,8 +34,8 @@ def _jsonable(v):
         v = v.item() if v.numel() == 1 else v.tolist()
     if hasattr(v, "item") and not isinstance(v, (list, dict)):  # numpy scalars
         v = v.item()
-    if isinstance(v, float):
-        return round(v, 6)
+    if isinstance(v, float):  # 6 decimals, but small values (a check's 1e-15, say) keep 7 significant digits
+        return float(f"{v:.7g}") if abs(v) < 1e-3 else round(v, 6)
     if isinstance(v, dict):
         return {str(k): _jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):

@@ -487,6 +487,14 @@ PAPER = {"source": "Fig. 1", "dataset": "CIFAR-10", "summary": "ReLU reaches 25%
          "values": {"speed-up": 6}}
 
 
+def test_results_keep_small_values_and_round_the_rest():
+    from common.results import _jsonable
+
+    assert _jsonable({"a": 3.14159265358, "b": [2.5e-15, -1.23456789e-7, 0.0]}) == {
+        "a": 3.141593, "b": [2.5e-15, -1.234568e-7, 0.0]}
+    assert _jsonable(torch.tensor(4.8e-7)) == pytest.approx(4.8e-7, rel=1e-6)
+
+
 def test_record_scoreboard_round_trip(tmp_path, monkeypatch, cpu_scale):
     folder = tmp_path / "01-deep-neural-networks" / "01-dnn"
     folder.mkdir(parents=True)

@@ -144,8 +144,11 @@ def time_optimizer_step(make_optimizer, shapes, device="cpu", repeats: int = 20,
 
 
 def time_forward_backward(ours, theirs, inputs, grad_out=None, device="cpu", repeats: int = 20,
-                          warmup: int = 3) -> tuple[float, float]:
+                          warmup: int = 3, backward: bool = True) -> tuple[float, float]:
     """Median milliseconds of one forward+backward pass of ``ours`` and of ``theirs`` on the same inputs.
+
+    With ``backward=False`` each pass is the forward alone, under ``torch.inference_mode`` (where
+    PyTorch takes its inference fast paths, e.g. ``nn.TransformerEncoderLayer``'s fused kernel).
 
     ``ours(*inputs)`` and ``theirs(*inputs)`` each return one tensor. Every pass takes fresh copies of the
     floating-point ``inputs`` (a tensor or a tuple of tensors) that require grad, so the backward reaches
@@ -165,12 +168,16 @@ def time_forward_backward(ours, theirs, inputs, grad_out=None, device="cpu", rep
     inputs = tuple(t.detach().to(dev) for t in inputs)
 
     def one_pass(fn) -> float:
-        xs = [t.clone().requires_grad_() if t.is_floating_point() else t for t in inputs]
+        xs = [t.clone().requires_grad_() if t.is_floating_point() and backward else t for t in inputs]
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
-        out = fn(*xs)
-        out.backward(torch.ones_like(out) if grad_out is None else grad_out)
+        if backward:
+            out = fn(*xs)
+            out.backward(torch.ones_like(out) if grad_out is None else grad_out)
+        else:
+            with torch.inference_mode():
+                fn(*xs)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         return time.perf_counter() - t0
@@ -212,6 +219,15 @@ _TOPIC_BENCHES = [
     ("gpt", "bench_mfu", "GPT step (gpt.py)", "the same FLOPs at matmul peak"),
     ("lora", "bench_lora_step", "LoRA r=4 step (lora.py)", "full fine-tuning step"),
     ("rlhf", "bench_rollout", "PPO rollout, KV cache (rlhf.py)", "uncached rollout"),
+    ("bert", "bench_encoder_layer", "BERT encoder layer (bert.py)", "nn.TransformerEncoderLayer"),
+    ("bert", "bench_encoder_layer", "BERT encoder layer (bert.py)", "nn.TransformerEncoderLayer, fast path",
+     {"inference": True}),
+    ("t5", "bench_encoder_layer", "T5 encoder block (t5.py)", "nn.TransformerEncoderLayer, pre-norm"),
+    ("t5", "bench_encoder_layer", "T5 encoder block (t5.py)", "nn.TransformerEncoderLayer, fast path",
+     {"inference": True}),
+    ("vit", "bench_encoder_layer", "ViT encoder block (vit.py)", "nn.TransformerEncoderLayer, pre-norm"),
+    ("vit", "bench_encoder_layer", "ViT encoder block (vit.py)", "nn.TransformerEncoderLayer, fast path",
+     {"inference": True}),
 ]
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import ast
 import datetime as _dt
 import hashlib
+import io
 import json
 import math
 import os
 import re
+import tokenize
 from pathlib import Path
 
 import torch
@@ -67,22 +69,39 @@ def fmt_stats(values, spec: str = ".3g", unit: str = "") -> str:
     return f"{st['mean']:{spec}}{unit} ({st['min']:{spec}}-{st['max']:{spec}}{unit}, {st['n']} seeds)"
 
 
-def _strip_docstrings(tree: ast.AST) -> ast.AST:
-    for node in ast.walk(tree):
+def _code_text(src: str) -> str:
+    """Python source as hashed by :func:`source_sha256`: docstrings and comments cut out, trailing spaces and
+    blank lines dropped, everything else as written (so the text, and its hash, is the same under every Python
+    version; ``ast.unparse`` is not: 3.12 writes some f-strings differently from 3.11)."""
+    lines = src.splitlines()
+
+    def char_col(row: int, byte_col: int) -> int:  # ast's columns count UTF-8 bytes, tokenize's characters
+        return len(lines[row - 1].encode()[:byte_col].decode(errors="ignore"))
+
+    cuts = []  # (line, start column, end line, end column), lines from 1, columns in characters
+    for node in ast.walk(ast.parse(src)):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
             if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
                     and isinstance(body[0].value.value, str):
-                node.body = body[1:] or [ast.Pass()]
-    return tree
+                d = body[0]
+                cuts.append((d.lineno, char_col(d.lineno, d.col_offset), d.end_lineno,
+                             char_col(d.end_lineno, d.end_col_offset)))
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type == tokenize.COMMENT:
+            cuts.append((tok.start[0], tok.start[1], tok.end[0], tok.end[1]))
+    for r0, c0, r1, c1 in sorted(cuts, reverse=True):  # from the end, so earlier positions stay valid
+        lines[r0 - 1:r1] = [lines[r0 - 1][:c0] + lines[r1 - 1][c1:]]
+    return "\n".join(line.rstrip() for line in lines if line.strip())
 
 
 def source_sha256(folder: str | Path) -> str:
     """Hash of the code that produces a topic's results: its ``.py`` files and its notebook's code cells.
 
-    Python files are parsed and unparsed with docstrings removed, so comments, docstrings and
-    formatting do not count; the notebook's code cells count as written. A repo test compares this
-    with the hash stored in ``results.json``, so a result is never older than its code.
+    In Python files docstrings, comments, blank lines and trailing spaces do not count (:func:`_code_text`);
+    the rest, and the notebook's code cells, count as written. The hash does not depend on the Python version
+    that computes it (a gpu run's Python may differ from the cpu run's). A repo test compares this with the
+    hash stored in ``results.json``, so a result is never older than its code.
     """
     folder = Path(folder)
     if not folder.is_absolute():
@@ -90,7 +109,7 @@ def source_sha256(folder: str | Path) -> str:
     h = hashlib.sha256()
     for py in sorted(folder.glob("*.py")):
         try:
-            code = ast.unparse(_strip_docstrings(ast.parse(py.read_text())))
+            code = _code_text(py.read_text())
         except SyntaxError as exc:
             raise ValueError(f"source_sha256: {py} does not parse ({exc})") from None
         h.update(f"## {py.name}\n{code}\n".encode())

@@ -589,6 +589,13 @@ def test_source_hash_ignores_docstrings_and_comments_not_code(tmp_path):
         results.source_sha256(tmp_path)
 
 
+def test_code_text_cuts_docstrings_and_comments_and_keeps_the_code_as_written():
+    src = ('"""Module doc."""\n\n\nclass A:  # a class\n    """Doc\n    on two lines."""\n\n'
+           '    def f(self, x):\n        """é"""; y = 1\n        return f"{\'a\' if x else \'b\'}"  # note  \n')
+    assert results._code_text(src) == ("class A:\n    def f(self, x):\n        ; y = 1\n"
+                                       "        return f\"{\'a\' if x else \'b\'}\"")
+
+
 def test_topic_import_and_resolve():
     folder, module, title, year = topics.resolve("01-dnn")
     assert (folder, module) == ("01-deep-neural-networks/01-dnn", "dnn")
@@ -774,6 +781,19 @@ def test_time_forward_backward_alternates_sides_on_fresh_copies_of_the_same_inpu
         bench.time_forward_backward(side("a"), side("b"), base, repeats=0)
     with pytest.raises(ValueError, match="tuple of tensors"):
         bench.time_forward_backward(side("a"), side("b"), [1.0])
+
+
+def test_time_forward_backward_without_backward_runs_the_forward_in_inference_mode():
+    from common import bench
+
+    seen = []
+
+    def fn(x):
+        seen.append((torch.is_inference_mode_enabled(), x.requires_grad))
+        return x * 2
+
+    bench.time_forward_backward(fn, fn, torch.ones(3), repeats=2, warmup=0, backward=False)
+    assert seen == [(True, False)] * 4
 
 # ----------------------------------------------------------------------------- text tools
 

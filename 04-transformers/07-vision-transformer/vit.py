@@ -22,7 +22,7 @@ Contents:
   3072, 12 heads, 86M parameters); :func:`torchvision_state_dict` renames our weights for
   ``torchvision.models.VisionTransformer``.
 - :func:`position_similarity` (Fig. 7, centre) and :func:`attention_rollout` (the attention maps of Fig. 6,
-  computed by Attention Rollout as in Appendix D.7).
+  computed by Attention Rollout as in Appendix D.8).
 - :func:`bench_encoder_layer`: our encoder block against ``nn.TransformerEncoderLayer``, forward + backward.
 """
 
@@ -178,7 +178,7 @@ def position_similarity(model):
 
 @torch.no_grad()
 def attention_rollout(weights):
-    """Attention Rollout (Abnar & Zuidema 2020; the paper's Appendix D.7): where the [class] token looks.
+    """Attention Rollout (Abnar & Zuidema 2020; the paper's Appendix D.8): where the [class] token looks.
 
     ``weights``: the per-layer attention list of ``ViT.forward(..., need_weights=True)``, each (B, h, T, T).
     Heads are averaged, the identity is added for the residual path and rows renormalised, and the layers'

@@ -30,6 +30,25 @@ def _median_time(fn, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
+def time_ab(fa, fb, repeats: int = 3) -> tuple[float, float]:
+    """Median milliseconds of two callables ``fa`` and ``fb``, after one warm-up call each, alternated ABBA
+    (A B, B A, A B, ...) so that drift in the machine's speed hits both alike; CUDA is synchronised per call."""
+    if not (callable(fa) and callable(fb)):
+        raise ValueError("time_ab expects two callables")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    fa(), fb()
+    times: tuple[list, list] = ([], [])
+    for i in range(repeats):
+        for j in ((0, 1) if i % 2 == 0 else (1, 0)):
+            t0 = time.perf_counter()
+            (fa, fb)[j]()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times[j].append(time.perf_counter() - t0)
+    return 1000.0 * statistics.median(times[0]), 1000.0 * statistics.median(times[1])
+
+
 def _mlp() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
 
@@ -230,6 +249,7 @@ _TOPIC_BENCHES = [
      {"inference": True}),
     ("diffusion", "bench_sampling", "DDIM, 50 steps (diffusion.py)", "DDPM, 1000 steps"),
     ("diffusion", "bench_compile", "U-Net fwd+bwd, eager (diffusion.py)", "the same under torch.compile"),
+    ("dalle", "bench_generate", "DALL-E KV-cache generation (dalle.py)", "uncached generation"),
 ]
 
 

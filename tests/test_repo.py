@@ -16,7 +16,7 @@ import common
 from common import papers
 from common.results import PAPER_KEYS, render_readme, source_sha256
 from common.runtime import REPO_ROOT
-from common.topics import existing_topics, topic_dir
+from common.topics import SECTIONS, TOPICS, existing_topics, topic_dir
 
 EXISTING = existing_topics()
 OUTLINE = ["## Why it mattered", "## The problem before it", "## The idea", "## Implementation", "## Check",
@@ -30,6 +30,16 @@ def _tracked() -> list[str]:
 
 def test_at_least_one_topic_exists():
     assert EXISTING, "no topic folder has its module yet"
+
+
+def test_every_topic_of_the_layout_exists_and_none_is_planned():
+    # DESIGN.md's layout is common.topics.TOPICS: all 31 folders have their module (and, by the test below,
+    # their notes, tests, papers entry and recorded result); the README index marks none as planned
+    assert len(TOPICS) == 31 and len({t[0] for t in TOPICS}) == 31
+    missing = [t[0] for t in TOPICS if t not in EXISTING]
+    assert not missing, f"topic folders without their module: {missing}"
+    assert {t[0].split("/")[0] for t in TOPICS} == set(SECTIONS)
+    assert "*planned*" not in (REPO_ROOT / "README.md").read_text(), "the README index still lists a planned topic"
 
 
 @pytest.mark.parametrize("folder,module", [(t[0], t[1]) for t in EXISTING])

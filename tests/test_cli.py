@@ -34,10 +34,15 @@ def test_failing_cell_exits_nonzero_and_shows_the_error(tmp_path):
         run_notebook(path, scale="big")
 
 
-def test_list_shows_existing_and_planned_topics(capsys):
+def test_list_shows_existing_and_planned_topics(capsys, monkeypatch):
+    import common.topics as topics
+
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert "01-deep-neural-networks/01-dnn" in out and "planned" in out
+    assert "01-deep-neural-networks/01-dnn" in out and "holds" in out and "planned" not in out  # all 31 exist
+    monkeypatch.setattr(topics, "TOPICS", [*topics.TOPICS, ("05-image-generation/99-future", "future", "Future", 2030)])
+    assert main(["list"]) == 0
+    assert "05-image-generation/99-future" in (out := capsys.readouterr().out) and "planned" in out
 
 
 def test_run_prints_recorded_result(tmp_path, monkeypatch, capsys):

@@ -118,7 +118,7 @@ LIMITS: dict[str, str] = {
     "03-sequence-modeling/01-rnn": "memory: a learning rule for nets whose state carries information through time",
     "03-sequence-modeling/02-lstm": "memory: a gated cell kept error signals alive over long time lags",
     "03-sequence-modeling/03-learning-to-forget": "memory: a forget gate let LSTMs reset themselves on endless streams",
-    "03-sequence-modeling/04-word2vec": "embeddings: cheap word vectors learned from a billion-word scale of raw, unlabelled text",
+    "03-sequence-modeling/04-word2vec": "embeddings: cheap word vectors learned from over a billion words of unlabelled text",
     "03-sequence-modeling/05-seq2seq": "architecture: one net mapping a sequence to a sequence of another length",
     "03-sequence-modeling/06-attention": "memory: the decoder looks back at every source word instead of one fixed vector",
     "03-sequence-modeling/07-mixture-of-experts": "parameters: sparse gating grew capacity without growing compute per example",

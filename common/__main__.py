@@ -58,15 +58,26 @@ def _cmd_papers(args) -> int:
 
 def _cmd_scoreboard(args) -> int:
     from .results import render_readme, update_readme
+    from .timeline import TIMELINE_SVG, render_timeline, update_timeline
 
     readme = REPO_ROOT / "README.md"
-    if args.check:
-        if render_readme(readme.read_text()) != readme.read_text():
-            print("README.md index/scoreboard is stale: run `make scoreboard`", file=sys.stderr)
-            return 1
-        print("README.md scoreboard is current")
-        return 0
-    print("README.md updated" if update_readme(readme) else "README.md already current")
+    try:
+        if args.check:
+            stale = []
+            if render_readme(readme.read_text()) != readme.read_text():
+                stale.append("README.md (index, scoreboard or live numbers)")
+            if not TIMELINE_SVG.exists() or render_timeline() != TIMELINE_SVG.read_text():
+                stale.append(TIMELINE_SVG.name)
+            if stale:
+                print(f"stale: {', '.join(stale)}: run `make scoreboard`", file=sys.stderr)
+                return 1
+            print("README.md and the timeline are current")
+            return 0
+        print("README.md updated" if update_readme(readme) else "README.md already current")
+        print(f"{TIMELINE_SVG.name} updated" if update_timeline() else f"{TIMELINE_SVG.name} already current")
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     return 0
 
 
@@ -102,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"at gpu scale, save the executed notebook as {GPU_NOTEBOOK} beside notes.ipynb")
     p = sub.add_parser("papers", help="download every paper's PDF into its topic folder")
     p.add_argument("--all", action="store_true", help="also for planned topics (creates their folders)")
-    p = sub.add_parser("scoreboard", help="rewrite the README index and scoreboard from results.json")
+    p = sub.add_parser("scoreboard", help="rewrite the README index, scoreboard, live numbers and timeline.svg")
     p.add_argument("--check", action="store_true", help="only check that the README is current")
     sub.add_parser("bench", help="print speed ratios against the usual alternatives")
     sub.add_parser("list", help="list the topics and their recorded results")

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .runtime import REPO_ROOT, device_description, elapsed, scale
-from .topics import SECTIONS, TOPICS, topic_dir
+from .topics import LIMITS, SECTIONS, TOPICS, topic_dir
 
 SCOREBOARD_MARKERS = ("<!-- scoreboard:start -->", "<!-- scoreboard:end -->")
 INDEX_MARKERS = ("<!-- index:start -->", "<!-- index:end -->")
@@ -257,17 +257,22 @@ def render_scoreboard(root: Path = REPO_ROOT) -> str:
 
 
 def render_index(root: Path = REPO_ROOT) -> str:
-    """The Markdown index of all topics by section; existing topics linked, the rest marked planned."""
+    """The Markdown index of all topics by section; existing topics linked, the rest marked planned.
+
+    Each line ends with the limit the topic lifted (``LIMITS`` in :mod:`common.topics`).
+    """
     lines = []
     for section, title in SECTIONS.items():
         lines.append(f"**{title}**\n")
         for folder, module, name, year in TOPICS:
             if not folder.startswith(section + "/"):
                 continue
+            limit = f" — {LIMITS[folder]}" if folder in LIMITS else ""
             if (root / folder / f"{module}.py").exists():
-                lines.append(f"- [{name} ({year})]({folder}/notes.ipynb) · [`{module}.py`]({folder}/{module}.py)")
+                lines.append(f"- [{name} ({year})]({folder}/notes.ipynb) · [`{module}.py`]({folder}/{module}.py)"
+                             f"{limit}")
             else:
-                lines.append(f"- {name} ({year}) · *planned*")
+                lines.append(f"- {name} ({year}) · *planned*{limit}")
         lines.append("")
     return "\n".join(lines).rstrip()
 
@@ -280,10 +285,124 @@ def _replace_between(text: str, markers: tuple[str, str], body: str) -> str:
     return pattern.sub(lambda _: f"{start}\n{body}\n{end}", text)
 
 
+# A live number in the README's prose: ``<!-- value:TOPIC:SCALE:KEY[:FORMAT] -->TEXT<!-- /value -->``.
+# TOPIC is a topic folder, SCALE a recorded run (cpu, gpu), KEY a dotted path into that run's ``metrics``
+# (or ``holds`` for ``claim_holds``), FORMAT an optional format spec (see :func:`format_value`). TEXT is
+# rewritten by ``make scoreboard``; on GitHub the comments are invisible and only TEXT shows.
+VALUE_OPEN = "<!-- value:"
+VALUE_CLOSE = "<!-- /value -->"
+VALUE_RE = re.compile(r"<!-- value:(?P<topic>[^:\s]+):(?P<scale>[^:\s]+):(?P<key>[^:\s]+)"
+                      r"(?::(?P<fmt>[^>]*?))? -->(?P<text>(?:(?!<!--).)*?)<!-- /value -->", re.S)
+
+
+def lookup_value(data: dict, scale_name: str, key: str):
+    """The value that a marker's ``SCALE:KEY`` names in one topic's ``results.json`` data.
+
+    ``key`` is ``holds`` (the run's ``claim_holds``) or a dotted path into the run's ``metrics``:
+    ``guidance_sweep.w=0.5.acc``. A metric name may itself contain dots (``w=0.5``): at each level the
+    longest run of parts that is a key wins. A part that is an integer indexes a list. Raises
+    ``KeyError`` naming what is missing.
+    """
+    run = data.get("runs", {}).get(scale_name)
+    if run is None:
+        raise KeyError(f"no {scale_name!r} run (recorded: {', '.join(data.get('runs', {})) or 'none'})")
+    if key == "holds":
+        return run["claim_holds"]
+    node, parts, path = run.get("metrics", {}), key.split("."), []
+    while parts:
+        for n in range(len(parts), 0, -1):
+            name = ".".join(parts[:n])
+            if isinstance(node, dict) and name in node:
+                node = node[name]
+                break
+            if isinstance(node, list) and n == 1 and name.lstrip("-").isdigit() and -len(node) <= int(name) < len(node):
+                node = node[int(name)]
+                break
+        else:
+            where = "metrics" + "".join(f"[{p!r}]" for p in path)
+            have = ", ".join(map(str, node)) if isinstance(node, dict) else f"a {type(node).__name__}"
+            raise KeyError(f"{where} has no {parts[0]!r} (it has: {have})")
+        path.append(name)
+        parts = parts[n:]
+    return node
+
+
+def format_value(value, fmt: str | None = None) -> str:
+    """Render one marker's value as text.
+
+    - A bool (``holds``): ``fmt`` is ``"TRUE TEXT|FALSE TEXT"``; the default is ``holds|does not hold``.
+    - A number: ``fmt`` is a Python format spec (``.1f``, ``,.0f``, ``.1%`` multiplies by 100 and adds
+      ``%``, ``+.2f``), optionally followed by ``|SUFFIX`` glued to the number (``.2f|x`` gives ``1.09x``).
+      Without a spec, ints print as they are and floats with 3 significant digits.
+    - A string is printed as it is (no spec allowed).
+    Raises ``ValueError`` when the spec does not fit the value.
+    """
+    if isinstance(value, bool):
+        yes, _, no = (fmt or "holds|does not hold").partition("|")
+        if not no:
+            raise ValueError(f"a bool needs a format 'TRUE TEXT|FALSE TEXT', got {fmt!r}")
+        return yes if value else no
+    if isinstance(value, str):
+        if fmt:
+            raise ValueError(f"a string value takes no format, got {fmt!r}")
+        return value
+    if not isinstance(value, (int, float)):
+        raise ValueError(f"only numbers, bools and strings can be rendered, got {type(value).__name__}")
+    spec, _, suffix = (fmt or "").partition("|")
+    if not spec:
+        text = str(value) if isinstance(value, int) else f"{value:.3g}"
+    else:
+        try:
+            text = format(value, spec)
+        except ValueError as exc:
+            raise ValueError(f"format {spec!r} does not apply to {value!r}: {exc}") from None
+    return text + suffix
+
+
+def render_values(text: str, root: Path = REPO_ROOT) -> str:
+    """``text`` with the content of every ``<!-- value:... -->`` marker re-read from ``results.json``.
+
+    Raises ``ValueError`` naming the marker when its topic, scale or key is missing, its format does
+    not fit, or a marker is malformed (an opening comment without a well-formed match), so that a
+    README never keeps a stale or invented number.
+    """
+    known = {t[0] for t in TOPICS}
+    cache: dict[str, dict] = {}
+    opened = text.count(VALUE_OPEN)
+    matches = list(VALUE_RE.finditer(text))
+    if len(matches) != opened or text.count(VALUE_CLOSE) != opened:
+        good = {m.start() for m in matches}
+        bad = [text[i:i + 80].split("\n")[0] for i in (m.start() for m in re.finditer(re.escape(VALUE_OPEN), text))
+               if i not in good]
+        raise ValueError(f"malformed value marker(s), want '<!-- value:TOPIC:SCALE:KEY[:FORMAT] -->N<!-- /value -->' "
+                         f"with no comment inside: {bad or 'an unmatched ' + VALUE_CLOSE}")
+
+    def one(m: re.Match) -> str:
+        marker = m.group(0).split("-->")[0] + "-->"
+        topic = m.group("topic")
+        if topic not in known:
+            raise ValueError(f"{marker}: unknown topic {topic!r}")
+        if topic not in cache:
+            path = root / topic / "results.json"
+            if not path.exists():
+                raise ValueError(f"{marker}: {topic} has no results.json")
+            cache[topic] = json.loads(path.read_text())
+        try:
+            value = lookup_value(cache[topic], m.group("scale"), m.group("key"))
+            rendered = format_value(value, m.group("fmt"))
+        except (KeyError, ValueError) as exc:
+            msg = exc.args[0] if exc.args else str(exc)
+            raise ValueError(f"{marker}: {msg}") from None
+        return f"{marker}{rendered}{VALUE_CLOSE}"
+
+    return VALUE_RE.sub(one, text)
+
+
 def render_readme(text: str, root: Path = REPO_ROOT) -> str:
-    """``text`` (the README) with its index and scoreboard blocks regenerated."""
+    """``text`` (the README) with its index and scoreboard blocks and its live numbers regenerated."""
     text = _replace_between(text, INDEX_MARKERS, render_index(root))
-    return _replace_between(text, SCOREBOARD_MARKERS, render_scoreboard(root))
+    text = _replace_between(text, SCOREBOARD_MARKERS, render_scoreboard(root))
+    return render_values(text, root)
 
 
 def update_readme(readme: Path = REPO_ROOT / "README.md", root: Path = REPO_ROOT) -> bool:

@@ -98,3 +98,40 @@ def topic(name: str) -> ModuleType:
         del sys.modules[module]
         raise
     return mod
+
+
+# One line per topic: which limit of its time the paper lifted. Rendered into the README's index by
+# ``make scoreboard``; a test checks that every topic in TOPICS has one.
+LIMITS: dict[str, str] = {
+    "01-deep-neural-networks/01-dnn": "depth: hidden layers could be trained, so a net could learn its own features",
+    "01-deep-neural-networks/02-cnn": "parameters: shared local filters built the structure of images into the net",
+    "01-deep-neural-networks/03-alex-net": "compute: two GPUs made a large CNN trainable on ImageNet's 1.2 million images",
+    "01-deep-neural-networks/04-u-net": "data: skip connections and augmentation made dense prediction work from a few labelled images",
+    "02-optimization-and-regularization/01-weight-decay": "regularisation: a penalty on weight size curbed overfitting",
+    "02-optimization-and-regularization/02-relu": "optimisation: a non-saturating unit let deep nets train without pre-training",
+    "02-optimization-and-regularization/03-residuals": "depth: identity shortcuts made nets of 100+ layers trainable",
+    "02-optimization-and-regularization/04-dropout": "regularisation: random dropping of units let large nets generalise",
+    "02-optimization-and-regularization/05-batch-norm": "optimisation: normalised layer inputs allowed much higher learning rates",
+    "02-optimization-and-regularization/06-layer-norm": "optimisation: normalisation without the batch, for recurrent nets and any batch size",
+    "02-optimization-and-regularization/07-gelu": "architecture: a smooth, probabilistic gate, later the activation of BERT and GPT",
+    "02-optimization-and-regularization/08-adam": "optimisation: per-parameter step sizes that work with little tuning",
+    "03-sequence-modeling/01-rnn": "memory: a learning rule for nets whose state carries information through time",
+    "03-sequence-modeling/02-lstm": "memory: a gated cell kept error signals alive over long time lags",
+    "03-sequence-modeling/03-learning-to-forget": "memory: a forget gate let LSTMs reset themselves on endless streams",
+    "03-sequence-modeling/04-word2vec": "embeddings: cheap word vectors learned from over a billion words of unlabelled text",
+    "03-sequence-modeling/05-seq2seq": "architecture: one net mapping a sequence to a sequence of another length",
+    "03-sequence-modeling/06-attention": "memory: the decoder looks back at every source word instead of one fixed vector",
+    "03-sequence-modeling/07-mixture-of-experts": "parameters: sparse gating grew capacity without growing compute per example",
+    "04-transformers/01-transformer": "compute: attention without recurrence trains in parallel over a whole sequence",
+    "04-transformers/02-bert": "data: pre-training on unlabelled text made small labelled sets enough",
+    "04-transformers/03-t5": "architecture: every text task cast as text-to-text, one model and one loss",
+    "04-transformers/04-gpt": "scale: next-word prediction on web text, and a law for what more compute buys",
+    "04-transformers/05-lora": "compute: adapting a large model by training a tiny low-rank update",
+    "04-transformers/06-rlhf": "data: human preferences as the training signal for what a model should say",
+    "04-transformers/07-vision-transformer": "architecture: with enough data, attention replaced convolution for images",
+    "05-image-generation/01-gan": "randomness: a learned sampler trained against a learned critic, no likelihood needed",
+    "05-image-generation/02-vae": "randomness: a latent-variable model trained end to end by reparameterised sampling",
+    "05-image-generation/03-diffusion": "randomness: generation as many small, stable denoising steps",
+    "05-image-generation/04-clip": "data: 400 million captioned web images as supervision, zero-shot classifiers from text",
+    "05-image-generation/05-dall-e": "embeddings: images as tokens, so one Transformer writes pictures from captions",
+}

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
+import common.bench
 from common.checks import check_float, check_int, check_tensor
 
 HERE = Path(__file__).resolve().parent
@@ -322,20 +323,6 @@ def _median_ms(fn, repeats: int) -> float:
     return 1000.0 * statistics.median(times)
 
 
-def _ab_ms(fa, fb, repeats: int) -> tuple[float, float]:
-    """Median milliseconds of ``fa`` and ``fb``, alternated ABBA after a warm-up so drift hits both alike."""
-    fa(), fb()
-    times: tuple[list, list] = ([], [])
-    for i in range(repeats):
-        for j in ((0, 1) if i % 2 == 0 else (1, 0)):
-            t0 = time.perf_counter()
-            (fa, fb)[j]()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            times[j].append(time.perf_counter() - t0)
-    return 1000.0 * statistics.median(times[0]), 1000.0 * statistics.median(times[1])
-
-
 def _bench_setup(device, cfg, batch):
     torch.manual_seed(0)
     model = GPT(cfg).to(device)
@@ -358,7 +345,7 @@ def bench_train_step(device="cpu", cfg: GPTConfig | None = None, batch: int = 8,
         loss.backward()
         opt.step()
 
-    ours, theirs = _ab_ms(lambda: trainer.train_step(model, opt, [(x, y)], 10, tc, None), plain, repeats)
+    ours, theirs = common.bench.time_ab(lambda: trainer.train_step(model, opt, [(x, y)], 10, tc, None), plain, repeats)
     tok = batch * cfg.block_size
     return {"name": f"[{device}] GPT train step, {cfg.n_layer}x{cfg.n_embd}, {tok} tokens", "ours_ms": ours,
             "theirs_ms": theirs, "ratio": ours / theirs, "ours_tokens_per_s": tok / ours * 1e3,
@@ -392,7 +379,7 @@ def bench_vs_torch(device="cpu", cfg: GPTConfig | None = None, batch: int = 8, r
             opt.step()
         return run
 
-    ours, theirs = _ab_ms(step(model.parameters(), lambda: model(x, y)[1]), step(ref.parameters(), ref_loss), repeats)
+    ours, theirs = common.bench.time_ab(step(model.parameters(), lambda: model(x, y)[1]), step(ref.parameters(), ref_loss), repeats)
     tok = batch * cfg.block_size
     return {"name": f"[{device}] GPT vs nn.TransformerEncoder stack, {cfg.n_layer}x{cfg.n_embd}", "ours_ms": ours,
             "theirs_ms": theirs, "ratio": ours / theirs, "ours_tokens_per_s": tok / ours * 1e3,
@@ -407,7 +394,7 @@ def bench_generate(device="cpu", cfg: GPTConfig | None = None, new_tokens: int =
     torch.manual_seed(0)
     model = GPT(cfg).to(device).eval()
     idx = torch.zeros(batch, 1, dtype=torch.long, device=device)
-    ours, theirs = _ab_ms(lambda: model.generate(idx, new_tokens, top_k=10, use_cache=True),
+    ours, theirs = common.bench.time_ab(lambda: model.generate(idx, new_tokens, top_k=10, use_cache=True),
                           lambda: model.generate(idx, new_tokens, top_k=10, use_cache=False), repeats)
     return {"name": f"[{device}] generate {new_tokens} tokens, KV cache vs none", "ours_ms": ours, "theirs_ms": theirs,
             "ratio": ours / theirs, "ours_tokens_per_s": batch * new_tokens / ours * 1e3,

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
+import common.bench
 from common.checks import check_float, check_int, check_tensor
 
 TARGETS = ("q", "k", "v", "o")  # W_q, W_k, W_v (blocks 0, 1, 2 of c_attn) and W_o (attn.c_proj)
@@ -214,7 +215,7 @@ def bench_lora_step(device="cpu", r: int = 4, batch: int = 8, repeats: int = 10)
     """One LoRA training step (r on W_q, W_v; AdamW on A and B) against one full fine-tuning step (AdamW on
     every weight) of the same GPT (``gpt.cpu_config()``: 4 x 96, context 128) on the same batch.
 
-    Both are warmed up, then alternated (ABBA) and timed by their median (``gpt._ab_ms``). Returns
+    Both are warmed up, then alternated (ABBA) and timed by their median (``common.bench.time_ab``). Returns
     ``{"name", "ours_ms" (LoRA), "theirs_ms" (full), "ratio", "lora_optim_bytes", "full_optim_bytes",
     "optim_bytes_ratio", "lora_trainable", "full_trainable"}``.
     """
@@ -237,7 +238,7 @@ def bench_lora_step(device="cpu", r: int = 4, batch: int = 8, repeats: int = 10)
         return run, opt
 
     (lora_step, lora_opt), (full_step, full_opt) = step_fn(adapted), step_fn(full)
-    ours, theirs = gpt._ab_ms(lora_step, full_step, repeats)
+    ours, theirs = common.bench.time_ab(lora_step, full_step, repeats)
     lb, fb = state_bytes(lora_opt.state_dict()["state"]), state_bytes(full_opt.state_dict()["state"])
     return {"name": f"[{device}] LoRA r={r} (q, v) step vs full fine-tuning, GPT {cfg.n_layer}x{cfg.n_embd}",
             "ours_ms": ours, "theirs_ms": theirs, "ratio": ours / theirs, "lora_optim_bytes": lb,

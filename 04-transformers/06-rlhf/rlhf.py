@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
+import common.bench
 from common.checks import check_float, check_int, check_tensor
 
 gpt = common.topic("gpt")
@@ -342,7 +343,7 @@ def bench_rollout(device="cpu", batch: int = 64, prompt_len: int = 32, new_token
     torch.manual_seed(0)
     policy = gpt.GPT(cfg).to(device)
     prompts = torch.randint(0, cfg.vocab_size, (batch, prompt_len), device=device)
-    ours, theirs = gpt._ab_ms(lambda: rollout(policy, prompts, new_tokens, use_cache=True),
+    ours, theirs = common.bench.time_ab(lambda: rollout(policy, prompts, new_tokens, use_cache=True),
                               lambda: rollout(policy, prompts, new_tokens, use_cache=False), repeats)
     tok = batch * new_tokens
     return {"name": f"[{device}] PPO rollout {batch} x {new_tokens} tokens, KV cache vs none", "ours_ms": ours,

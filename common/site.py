@@ -29,7 +29,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from .papers import PAPERS_TOML, Paper, load_papers

@@ -517,7 +517,13 @@ MATHJAX_CONFIG = r"""MathJax.Hub.Config({
   TeX: {extensions: ["AMSmath.js", "AMSsymbols.js", "noErrors.js", "noUndefined.js"]},
   tex2jax: {inlineMath: [["$", "$"], ["\\(", "\\)"]], displayMath: [["$$", "$$"], ["\\[", "\\]"]],
             processEscapes: true, processEnvironments: true},
-  "HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web", imageFont: null},
+  // The STIX-Web fonts are the ones jupyter-server-mathjax ships; no locally installed or image fonts.
+  // MathJax_Blank is MathJax's font-loading probe: its default source, url(about:blank), is a request
+  // Chrome refuses with a console error, while a missing local() font fails the same way silently.
+  "HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web", imageFont: null,
+               styles: {"@font-face": {"font-family": "MathJax_Blank", src: "local('MathJax_Blank')"}}},
+  // The hidden MathML copy for screen readers asks Chrome for MathJax's TeX fonts, which are not shipped.
+  menuSettings: {assistiveMML: false},
   messageStyle: "none"
 });
 MathJax.Hub.Queue(function () { document.documentElement.setAttribute("data-math", "done"); });"""

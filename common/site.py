@@ -611,7 +611,7 @@ SEARCH_JS = r"""// Full-text search over window.DLH_SEARCH (written by common.si
   hits.slice(0, 100).forEach(function (hit) {
     var e = hit[1], li = document.createElement("li"), a = document.createElement("a");
     a.href = e.u;
-    a.textContent = e.h ? e.p + " \u203a " + e.h : e.p;
+    a.textContent = e.h && e.h !== e.p ? e.p + " \u203a " + e.h : e.p;
     li.appendChild(a);
     var at = e.t.toLowerCase().indexOf(terms[0]);
     if (at >= 0) {

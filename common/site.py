@@ -98,6 +98,8 @@ def site_path(target: str, root: Path = REPO_ROOT) -> str:
     target = "" if target in ("", ".") else target.strip("/")
     path = root / target
     topics = {t[0] for t in TOPICS}
+    if target in SECTIONS:  # a section's page is generated even before its folder exists
+        return f"{target}/index.html"
     if path.is_dir():
         if target in topics and (path / "notes.ipynb").exists():
             return f"{target}/notes.html"
@@ -266,10 +268,10 @@ class _Builder:
         path = self.root / target
         page = site_path(target, self.root)
         source_dir = posixpath.dirname(target) if not path.is_dir() else target
-        if path.is_dir():
-            if target in SECTIONS:
-                self.section_page(target)
-            elif target in {t[0] for t in TOPICS}:
+        if target in SECTIONS:
+            self.section_page(target)
+        elif path.is_dir():
+            if target in {t[0] for t in TOPICS}:
                 self.enqueue(f"{target}/notes.ipynb")
             else:
                 self.listing_page(target)
@@ -418,9 +420,8 @@ def build(out: Path = SITE_DIR, root: Path = REPO_ROOT) -> BuildReport:
     (out / MARKER).write_text("built by python -m common.site\n")
     b = _Builder(out, root)
     b.enqueue("README.md")
-    for key in SECTIONS:
-        if (root / key).is_dir():
-            b.enqueue(key)
+    for key in SECTIONS:  # every section has a page (the navigation links them all)
+        b.enqueue(key)
     for folder, module, _, _ in present_topics(root):
         for nb in sorted((root / folder).glob("*.ipynb")):
             b.enqueue(nb.relative_to(root).as_posix())

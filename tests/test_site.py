@@ -175,6 +175,35 @@ def test_browser_check_run_in_chromium(built):
     assert len(findings) >= 2
 
 
+@pytest.mark.site
+def test_build_picks_up_whatever_topics_exist(tmp_path):
+    """A repository with only CLIP (one of the topics still being written) builds, links and navigates."""
+    import nbformat
+
+    if not _has_site_extra():
+        pytest.skip(site.INSTALL_HINT)
+    root, clip = tmp_path / "repo", "05-image-generation/04-clip"
+    (root / clip).mkdir(parents=True)
+    start, end = site.SCOREBOARD_MARKERS
+    (root / "README.md").write_text(f"# Fake\n\n[CLIP]({clip}/notes.ipynb), [code]({clip}/clip.py)\n\n"
+                                    f"## Scoreboard\n\n{start}\n| Topic |\n|---|\n| [CLIP]({clip}/notes.ipynb) |\n{end}\n")
+    (root / "papers.toml").write_text((REPO_ROOT / "papers.toml").read_text())
+    (root / clip / "clip.py").write_text('"""CLIP."""\n')
+    (root / clip / "results.json").write_text("{}")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# CLIP\n\nLoss $\\mathcal{L}$; [paper](./radford-2021-clip.pdf), "
+                                              "[back](../../README.md#scoreboard), [self](../04-clip/)")]
+    nbformat.write(nb, root / clip / "notes.ipynb")
+    out = tmp_path / "site"
+    report = site.build(out, root=root)
+    assert not report.broken + site.check_site(out)
+    page = (out / clip / "notes.html").read_text()
+    assert "https://arxiv.org/pdf/2103.00020" in page and 'href="../../index.html#scoreboard"' in page
+    assert f'href="{clip}/notes.html"' in (out / "index.html").read_text()
+    assert "(2021, planned)" in page  # DALL-E, not there yet, is listed but not linked
+    assert (out / clip / "clip.py.html").exists() and (out / clip / "results.json").exists()
+
+
 # --- the built site ---------------------------------------------------------------------------
 
 @pytest.mark.site

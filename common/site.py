@@ -573,7 +573,8 @@ body { margin: 0; font-family: system-ui, -apple-system, "Segoe UI", sans-serif;
 .site-nav a { text-decoration: none; color: #1565c0; }
 .site-nav a.current { color: #000; font-weight: bold; }
 .site-nav .planned { color: #999; }
-.site-main { flex: 1 1 auto; min-width: 0; padding: 1em 2em; max-width: 60em; }
+.site-main { flex: 1 1 auto; min-width: 0; padding: 1em 2em; max-width: 70em; }
+.jp-RenderedMarkdown pre { background: #f5f5f5; padding: .5em .8em; overflow-x: auto; }
 .topic-box { border: 1px solid #ddd; background: #f7f9fb; padding: .5em 1em; margin-bottom: 1em; font-size: 14px; }
 .topic-box ul { margin: .3em 0; }
 .source pre { font-size: 13px; line-height: 1.35; overflow-x: auto; }

@@ -55,7 +55,8 @@ for (let n = walker.nextNode(); n; n = walker.nextNode()) {
   const m = n.textContent.match(tex);
   if (m) raw.push(n.textContent.slice(Math.max(0, m.index - 30), m.index + 50).replace(/\s+/g, ' '));
 }
-return {images, errors, rendered, raw, math: document.documentElement.getAttribute('data-math')};
+return {images, errors, rendered, raw, math: document.documentElement.getAttribute('data-math'),
+        loaded: [...document.images].length - images.length};
 """
 
 
@@ -154,8 +155,12 @@ def _network_problems(entries: list[dict], base: str) -> list[str]:
     return out
 
 
-def check_page(driver, base: str, page: str, math_wait_s: float = 30.0) -> list[tuple[str, str]]:
-    """Load one page and return its problems as ``(category, message)`` pairs."""
+def check_page(driver, base: str, page: str, math_wait_s: float = 30.0,
+               stats: Counter | None = None) -> list[tuple[str, str]]:
+    """Load one page and return its problems as ``(category, message)`` pairs.
+
+    ``stats``, if given, counts what worked: ``math`` expressions rendered, ``images`` loaded.
+    """
     problems: list[tuple[str, str]] = []
     try:
         driver.get(base + page)
@@ -168,6 +173,8 @@ def check_page(driver, base: str, page: str, math_wait_s: float = 30.0) -> list[
             break
         time.sleep(0.1)
     probe = driver.execute_script(PAGE_PROBE)
+    if stats is not None:
+        stats.update(math=probe["rendered"], images=probe.get("loaded", 0))
     problems += [("image", f"image did not load: {src}") for src in probe["images"]]
     if probe["errors"]:
         problems.append(("math", f"{probe['errors']} MathJax error(s)"))
@@ -179,8 +186,12 @@ def check_page(driver, base: str, page: str, math_wait_s: float = 30.0) -> list[
     return problems
 
 
-def run(site: Path, limit: int | None = None, screenshot: Path | None = None) -> dict[str, list[tuple[str, str]]]:
-    """Check every page of ``site`` (the first ``limit`` ones if given); return the problems by page."""
+def run(site: Path, limit: int | None = None, screenshot: Path | None = None,
+        stats: Counter | None = None) -> dict[str, list[tuple[str, str]]]:
+    """Check every page of ``site`` (the first ``limit`` ones if given); return the problems by page.
+
+    ``stats``, if given, adds up what worked (see :func:`check_page`).
+    """
     ensure_chromium()
     pages = site_pages(site)[:limit]
     findings: dict[str, list[tuple[str, str]]] = {}
@@ -188,7 +199,7 @@ def run(site: Path, limit: int | None = None, screenshot: Path | None = None) ->
         driver = _driver()
         try:
             for i, page in enumerate(pages, 1):
-                problems = check_page(driver, base, page)
+                problems = check_page(driver, base, page, stats=stats)
                 findings[page] = problems
                 print(f"[{i}/{len(pages)}] {page}: {'ok' if not problems else f'{len(problems)} problem(s)'}",
                       flush=True)
@@ -215,9 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no site at {args.site}: run `make site` first", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    findings = run(args.site, args.limit, args.screenshot)
+    stats = Counter()
+    findings = run(args.site, args.limit, args.screenshot, stats)
     counts = summarize(findings)
-    print(f"checked {len([p for p in findings if p != '(server)'])} pages in {time.perf_counter() - t0:.0f} s; "
+    print(f"checked {len([p for p in findings if p != '(server)'])} pages in {time.perf_counter() - t0:.0f} s "
+          f"({stats['math']} math expressions rendered, {stats['images']} images loaded); problems: "
           + ", ".join(f"{c}: {counts[c]}" for c in CATEGORIES))
     return 1 if sum(counts.values()) else 0
 

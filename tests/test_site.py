@@ -158,8 +158,10 @@ class _FakeDriver:
 
 
 def test_browser_check_check_page_sorts_problems_by_category():
-    problems = browser_check.check_page(_FakeDriver(), "http://127.0.0.1:1/", "index.html")
+    stats = browser_check.Counter()
+    problems = browser_check.check_page(_FakeDriver(), "http://127.0.0.1:1/", "index.html", stats=stats)
     assert sorted(c for c, _ in problems) == ["console", "image", "math", "request"]
+    assert stats["math"] == 3
 
 
 def test_browser_check_main_needs_a_built_site(tmp_path, capsys):

@@ -403,6 +403,19 @@ def _search_entries(root_el, page: str, title: str) -> list[dict]:
     return out
 
 
+def write_redirect(path: Path, to: str, title: str) -> None:
+    """Write ``path`` as a small page that sends the browser on to the relative URL ``to`` (a typed topic-folder
+    URL such as ``.../01-dnn/`` lands on its notes; every link in the site names the notes page itself)."""
+    if not to or _EXTERNAL.match(to) or to.startswith("/"):
+        raise ValueError(f"a redirect goes to a relative URL inside the site, got {to!r}")
+    url, text = html.escape(to, quote=True), html.escape(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{text}</title>'
+                    f'<meta http-equiv="refresh" content="0; url={url}"><link rel="canonical" href="{url}">'
+                    f'<link rel="icon" href="data:,"></head>'
+                    f'<body><p><a href="{url}">{text}</a></p></body></html>\n')
+
+
 def build(out: Path = SITE_DIR, root: Path = REPO_ROOT) -> BuildReport:
     """Build the whole site from ``root`` into ``out`` and return what was written.
 
@@ -431,6 +444,8 @@ def build(out: Path = SITE_DIR, root: Path = REPO_ROOT) -> BuildReport:
         b.render(b.queue.pop(0))
     b.scoreboard_page()
     b.search_page()
+    for folder, _, name, _ in present_topics(root):
+        write_redirect(out / folder / "index.html", "notes.html", name)
     static = out / "static"
     shutil.copytree(mathjax, static / "mathjax", ignore=shutil.ignore_patterns("*.md", "LICENSE"))
     (static / "notebook.css").write_text(b.notebook_css or "")

@@ -55,6 +55,17 @@ def test_site_path_maps_repository_paths_to_pages():
     assert site.site_path("common") == "common/index.html"
 
 
+def test_write_redirect_sends_a_folder_url_to_its_notes(tmp_path):
+    page = tmp_path / "01-dnn" / "index.html"
+    site.write_redirect(page, "notes.html", "Backpropagation <1986>")
+    text = page.read_text()
+    assert '<meta http-equiv="refresh" content="0; url=notes.html">' in text and 'href="notes.html"' in text
+    assert "Backpropagation &lt;1986&gt;" in text
+    for bad in ["", "https://example.org/", "/abs/notes.html"]:
+        with pytest.raises(ValueError):
+            site.write_redirect(page, bad, "x")
+
+
 def test_relative_url_between_pages():
     assert site.relative_url("a/b/notes.html", "a/c/notes.html") == "../b/notes.html"
     assert site.relative_url("index.html", "a/b/notes.html") == "../../index.html"
@@ -214,9 +225,10 @@ def test_every_expected_page_exists(built):
     expected = ["index.html", "scoreboard.html", "search.html", "static/search-index.js", "static/mathjax/MathJax.js"]
     expected += [f"{key}/index.html" for key in SECTIONS]
     for folder, module, _, _ in site.present_topics():
-        expected += [f"{folder}/notes.html", f"{folder}/{module}.py.html"]
+        expected += [f"{folder}/notes.html", f"{folder}/{module}.py.html", f"{folder}/index.html"]
     missing = [p for p in expected if not (out / p).exists()]
     assert not missing, f"pages missing from the site: {missing}"
+    assert 'url=notes.html"' in (out / site.present_topics()[0][0] / "index.html").read_text()  # folder URL -> notes
 
 
 @pytest.mark.site

@@ -435,7 +435,8 @@ def build(out: Path = SITE_DIR, root: Path = REPO_ROOT) -> BuildReport:
     b.enqueue("README.md")
     for key in SECTIONS:  # every section has a page (the navigation links them all)
         b.enqueue(key)
-    for folder, module, _, _ in present_topics(root):
+    for folder, module, name, _ in present_topics(root):
+        write_redirect(out / folder / "index.html", "notes.html", name)  # a typed folder URL lands on the notes
         for nb in sorted((root / folder).glob("*.ipynb")):
             b.enqueue(nb.relative_to(root).as_posix())
         if (root / folder / f"{module}.py").exists():
@@ -444,8 +445,6 @@ def build(out: Path = SITE_DIR, root: Path = REPO_ROOT) -> BuildReport:
         b.render(b.queue.pop(0))
     b.scoreboard_page()
     b.search_page()
-    for folder, _, name, _ in present_topics(root):
-        write_redirect(out / folder / "index.html", "notes.html", name)
     static = out / "static"
     shutil.copytree(mathjax, static / "mathjax", ignore=shutil.ignore_patterns("*.md", "LICENSE"))
     (static / "notebook.css").write_text(b.notebook_css or "")

@@ -50,11 +50,6 @@ HELD_OUT_TEMPLATES = (  # never seen in training: new arrangements of the same w
     "a handwritten {style} number {digit}",
 )
 PAD, SOT, EOT = 0, 1, 2  # padding, start-of-text and end-of-text tokens
-_WORDS = sorted({w for t in TEMPLATES + HELD_OUT_TEMPLATES for st in STYLES
-                 for w in t.replace("{style}", st).split() if "{" not in w}
-                | {"an"} | set(NAMES) | {str(d) for d in range(10)})
-VOCAB = ("<pad>", "<sot>", "<eot>", *_WORDS)  # token id -> word
-_IDS = {w: i for i, w in enumerate(VOCAB)}
 CONTEXT = 12  # tokens per caption, <sot> and <eot> included
 DATASETS = ("mnist",)
 SEED = 0  # the seed of the pretrained model's training
@@ -67,7 +62,6 @@ def caption(label: int, template: str, style: str = "") -> str:
     check_int("label", label, low=0, high=9)
     if not isinstance(template, str) or ("{name}" not in template and "{digit}" not in template):
         raise ValueError(f"template must be a str holding {{name}} or {{digit}}, got {template!r}")
-    check_choice("style", style, STYLES)
     return prompts([template], [style])[0].format(name=NAMES[label], digit=str(label))
 
 
@@ -80,6 +74,13 @@ def prompts(templates=HELD_OUT_TEMPLATES, styles=STYLES) -> list[str]:
         check_choice("style", st, STYLES)
     return [re.sub(r"\ba inverted\b", "an inverted", " ".join(t.replace("{style}", st).split()))
             for t in templates for st in styles]
+
+
+# The vocabulary: every word of every (template, style) prompt, the class names and the numerals.
+_WORDS = sorted({w for t in prompts(TEMPLATES + HELD_OUT_TEMPLATES) for w in t.split() if "{" not in w}
+                | set(NAMES) | {str(d) for d in range(10)})
+VOCAB = ("<pad>", "<sot>", "<eot>", *_WORDS)  # token id -> word
+_IDS = {w: i for i, w in enumerate(VOCAB)}
 
 
 def stylise(images, styles):
